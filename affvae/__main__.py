@@ -1,0 +1,5 @@
+import sys
+
+from affvae.cli import main
+
+sys.exit(main())

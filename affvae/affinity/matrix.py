@@ -1,0 +1,261 @@
+"""The class-affinity matrix A: computation over class templates, CSV io, cache.
+
+The CSV format is the anchor implementation's, so existing affinity files keep
+working: a header row of class names and then the square matrix, one row per
+class in header order, no index column::
+
+    a,b,c
+    1.0,0.3,-0.2
+    0.3,1.0,0.1
+    -0.2,0.1,1.0
+
+Values are similarities in [-1, 1], the matrix is symmetric with ones on the
+diagonal (1 means "same class", -1 "as different as it gets").
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from affvae.errors import AffinityError
+from affvae.provenance import atomic_write
+
+#: Tolerance for symmetry and range checks of matrices read from disk.
+TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class AffinityMatrix:
+    """A labelled square similarity matrix."""
+
+    classes: tuple[str, ...]
+    values: np.ndarray  # (n, n) float64
+
+    def __post_init__(self):
+        v = np.asarray(self.values, dtype=np.float64)
+        object.__setattr__(self, "values", v)
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def index(self, cls: str) -> int:
+        try:
+            return self.classes.index(cls)
+        except ValueError:
+            raise AffinityError(
+                f"class {cls!r} is not in the affinity matrix (it has {', '.join(self.classes)})"
+            ) from None
+
+    def subset(self, classes: Sequence[str], source: str = "affinity matrix") -> "AffinityMatrix":
+        """The rows and columns of ``classes``, in that order."""
+        missing = [c for c in classes if c not in self.classes]
+        if missing:
+            raise AffinityError(
+                f"{source}: missing class{'es' if len(missing) > 1 else ''} "
+                f"{', '.join(map(repr, missing))} (it has {', '.join(self.classes)})"
+            )
+        idx = [self.classes.index(c) for c in classes]
+        return AffinityMatrix(tuple(classes), self.values[np.ix_(idx, idx)])
+
+    def validate(self, source: str = "affinity matrix") -> "AffinityMatrix":
+        v = self.values
+        n = len(self.classes)
+        if v.ndim != 2 or v.shape != (n, n):
+            raise AffinityError(
+                f"{source}: not square: {len(self.classes)} class names but values of shape "
+                f"{'x'.join(map(str, v.shape))}"
+            )
+        if len(set(self.classes)) != n:
+            dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            raise AffinityError(f"{source}: duplicate class names {', '.join(dup)}")
+        if not np.all(np.isfinite(v)):
+            i, j = np.argwhere(~np.isfinite(v))[0]
+            raise AffinityError(
+                f"{source}: value at ({self.classes[i]}, {self.classes[j]}) is {v[i, j]}, "
+                "expected a number in [-1, 1]"
+            )
+        bad = np.abs(v) > 1 + TOL
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise AffinityError(
+                f"{source}: value {v[i, j]:g} at ({self.classes[i]}, {self.classes[j]}) is "
+                "outside [-1, 1]"
+            )
+        asym = np.abs(v - v.T) > TOL
+        if asym.any():
+            i, j = np.argwhere(asym)[0]
+            raise AffinityError(
+                f"{source}: not symmetric: ({self.classes[i]}, {self.classes[j]}) = {v[i, j]:g} "
+                f"but ({self.classes[j]}, {self.classes[i]}) = {v[j, i]:g}"
+            )
+        return self
+
+    def to_csv_text(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(self.classes)
+        for row in self.values:
+            w.writerow([repr(float(x)) for x in row])
+        return buf.getvalue()
+
+
+def read_affinity_csv(path: str | os.PathLike) -> AffinityMatrix:
+    """Read and validate an affinity CSV in the anchor format."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise AffinityError(f"{path}: cannot read affinity CSV ({e.strerror or e})") from None
+    rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
+    if not rows:
+        raise AffinityError(f"{path}: empty affinity CSV, expected a header row of class names")
+    header = [c.strip() for c in rows[0]]
+    # Tolerate a leading index column (pandas' to_csv default): an empty first header
+    # cell followed by rows whose first cell is the class name.
+    body = rows[1:]
+    if header and header[0] == "" and all(r and r[0].strip() in header[1:] for r in body):
+        header = header[1:]
+        body = [r[1:] for r in body]
+    n = len(header)
+    if len(body) != n or any(len(r) != n for r in body):
+        shape = f"{len(body)} rows of {sorted({len(r) for r in body}) or [0]} values"
+        raise AffinityError(
+            f"{path}: not square: header names {n} classes but the body has {shape}"
+        )
+    try:
+        values = np.array([[float(c) for c in r] for r in body], dtype=np.float64)
+    except ValueError:
+        for i, r in enumerate(body):
+            for j, c in enumerate(r):
+                try:
+                    float(c)
+                except ValueError:
+                    raise AffinityError(
+                        f"{path}: row {i + 2}, column {j + 1} ({header[j]}): {c!r} is not a number"
+                    ) from None
+        raise
+    return AffinityMatrix(tuple(header), values).validate(str(path))
+
+
+def write_affinity_csv(matrix: AffinityMatrix, path: str | os.PathLike) -> Path:
+    """Write atomically: an interrupted write never replaces a good file."""
+    path = Path(path)
+    with atomic_write(path) as fh:
+        fh.write(matrix.to_csv_text())
+    return path
+
+
+# ----------------------------------------------------------------------- computation
+
+#: Bump when a metric's numbers change, so cached matrices are recomputed.
+CACHE_VERSION = 1
+#: Members read per class when a class has no template (see class_representatives).
+MAX_MEMBERS = 32
+
+
+def cache_dir() -> Path:
+    """``$AFFVAE_CACHE_DIR`` or ``~/.cache/affvae``; affinity matrices live in ``affinity/``."""
+    root = os.environ.get("AFFVAE_CACHE_DIR") or Path.home() / ".cache" / "affvae"
+    return Path(root) / "affinity"
+
+
+def content_hash(classes: Sequence[str], objects: np.ndarray, metric: str, align: int) -> str:
+    """A key for the matrix: the class names, the objects' bytes, metric and alignment."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(f"v{CACHE_VERSION}|{metric}|{align}|{','.join(classes)}|".encode())
+    arr = np.ascontiguousarray(objects, dtype=np.float32)
+    h.update(str(arr.shape).encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def class_representatives(index, metric: str = "fsc", max_members: int = MAX_MEMBERS,
+                          size: int | None = None) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """One object per class: its template, else the class medoid.
+
+    Without a ``template_<class>`` file, a class is represented by its medoid: of
+    the class's first ``max_members`` files (in name order), the one with the highest
+    mean similarity to the others under ``metric``.  A medoid is a real object, not
+    the blur that averaging rotated copies would give.  Returns the classes, the
+    stacked objects and, per class, where the representative came from.
+    """
+    from affvae.data.augment import resize_to_box
+    from affvae.data.io import read_volume
+
+    from affvae.affinity.metrics import similarity_matrix
+
+    # Training classes first (in their order), then held-out classes, then classes
+    # that only have a template.
+    classes = list(dict.fromkeys([*index.classes, *sorted(set(index.labels.tolist())),
+                                  *sorted(index.templates)]))
+    objs, source = [], {}
+    for c in classes:
+        if c in index.templates:
+            objs.append(read_volume(index.root / index.templates[c]))
+            source[c] = index.templates[c]
+            continue
+        members = [p for p, lab in zip(index.paths, index.labels) if lab == c][:max_members]
+        stack = np.stack([read_volume(index.root / p) for p in members])
+        if len(members) <= 2:
+            k = 0
+        else:
+            sim = similarity_matrix(stack, metric=metric)
+            k = int(np.argmax(sim.sum(1)))
+        objs.append(stack[k])
+        source[c] = f"medoid of {len(members)}: {members[k]}"
+    shapes = {o.shape for o in objs}
+    if len(shapes) > 1:
+        raise AffinityError(
+            f"{index.root}: class representatives have different shapes "
+            f"({', '.join('x'.join(map(str, s)) for s in sorted(shapes))})"
+        )
+    X = np.stack(objs)
+    if size is not None:
+        X = resize_to_box(X, size)
+    return classes, X, source
+
+
+def compute_matrix(classes: Sequence[str], objects: np.ndarray, metric: str = "fsc",
+                   align: int = 0, cache: bool = True, progress: bool = False) -> AffinityMatrix:
+    """The affinity matrix over one object per class, cached by content hash.
+
+    ``align`` > 0 takes the best similarity over that many rotations of the second
+    object (see :func:`affvae.affinity.metrics.aligned_matrix`).
+    """
+    from affvae.affinity.metrics import aligned_matrix, get_metric, rotation_set, similarity_matrix
+
+    m = get_metric(metric)
+    key = content_hash(classes, objects, metric, align)
+    path = cache_dir() / f"{key}.csv"
+    if cache and path.is_file():
+        try:
+            cached = read_affinity_csv(path)
+            if cached.classes == tuple(classes):
+                return cached
+        except AffinityError:
+            pass  # a damaged cache entry is recomputed and replaced
+    if align and m.rotation_sensitive:
+        from tqdm import tqdm
+
+        rots = rotation_set(objects.ndim - 1, align)
+        with tqdm(total=len(rots), desc=f"{metric} aligned", unit="rot", disable=None if progress else True) as bar:
+            values = aligned_matrix(objects, rots, metric, progress=lambda k: bar.update(1))
+    else:
+        values = similarity_matrix(objects, metric=metric)
+    result = AffinityMatrix(tuple(classes), values).validate(f"{metric} matrix")
+    if cache:
+        try:
+            write_affinity_csv(result, path)
+        except OSError:
+            pass  # a read-only cache must not stop the computation
+    return result

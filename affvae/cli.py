@@ -1,0 +1,65 @@
+"""The ``affvae`` command line: thin commands over the library.
+
+Each command lives in :mod:`affvae.commands` as a module whose docstring is its
+help text, with ``add_args(parser)`` and ``main(args)``.  Input the user can fix
+raises :class:`affvae.errors.AffvaeError`; here it becomes one line on stderr and
+exit status 2.  ``--debug`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from affvae import __version__
+from affvae.errors import AffvaeError
+
+COMMANDS = ["simulate", "affinity", "check"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="affvae", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"affvae {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        mod = importlib.import_module(f"affvae.commands.{name}")
+        doc = (mod.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks for errors")
+        mod.add_args(p)
+        p.set_defaults(_main=mod.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args._main(args)
+        return int(result or 0)
+    except AffvaeError as e:
+        if args.debug:
+            raise
+        print(f"affvae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # Files we were asked to write or read that the OS refuses (permissions, disk).
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"affvae {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"affvae {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,519 @@
+"""Datasets on disk in the anchor layout: reading, validating and writing volumes.
+
+The folder layout is the one the original affinity-vae implementation used, kept
+unchanged so that its users can point affvae at their existing data::
+
+    data/
+      a_0001.mrc            one object per file: <class>_<anything>.mrc|.mrcs|.npy
+      a_0002.mrc
+      b_whatever.npy
+      template_a.mrc        optional class template: template_<class>.<ext>
+      classes.csv           optional: one comma-separated line, the classes to train on
+      affinity.csv          optional: affinity*.csv, class-name header + square matrix
+      test/                 optional: held-out data in the same layout
+
+The class of a file is its name up to the first underscore, so ``pol_17_b.mrc``
+is class ``pol``; a data file without an underscore is an error rather than a
+guess, because the anchor required the prefix and a silent fallback would make
+a typo look like a new class.  Each file holds one object: a 2D image ``(H, W)``
+or a 3D volume ``(D, H, W)``; leading singleton axes are dropped, so a one-image
+``.mrcs`` stack ``(1, H, W)`` is a 2D image.  Hidden files, sub-folders and files
+of any other type (csv, json, png, ...) are ignored.
+
+Files named ``template_<class>.<ext>`` are class templates (used to compute the
+affinity matrix), never data items; a class called ``template`` therefore cannot
+exist.  The ``test/`` sub-folder is never mixed into the training items: read it
+with ``load_folder(root / "test")`` when :func:`has_test_folder` says it exists.
+
+``classes.csv`` restricts training to some classes.  Items of the other classes
+are still read and returned, flagged by :attr:`Dataset.seen` being ``False``,
+because later stages evaluate how the model places classes it never trained on;
+``dataset.select(dataset.classes)`` gives the training items.
+
+The affinity CSV is read with :func:`affvae.affinity.matrix.read_affinity_csv`
+(which checks it is square, symmetric and within [-1, 1]); it must contain every
+class to train on and is reduced to those classes, in training order, so row
+``i`` of the matrix is class ``classes[i]``.
+
+Listing (:func:`index_folder`) is separate from reading (:func:`load_folder`)
+so that a streaming reader can plan work from the index without touching the
+voxels.  Every problem a user can fix raises :class:`~affvae.errors.DataError`
+(or :class:`~affvae.errors.AffinityError` for the affinity CSV) with a one-line
+message naming the file, class or value and what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import mrcfile
+import numpy as np
+
+from affvae.affinity.matrix import AffinityMatrix, read_affinity_csv
+from affvae.errors import AffinityError, DataError
+from affvae.provenance import atomic_save
+
+__all__ = [
+    "DATA_SUFFIXES",
+    "Dataset",
+    "FolderIndex",
+    "has_test_folder",
+    "index_folder",
+    "load_folder",
+    "read_volume",
+    "write_volume",
+]
+
+#: File suffixes that hold objects (compared case-insensitively).
+DATA_SUFFIXES = (".mrc", ".mrcs", ".npy")
+_MRC_SUFFIXES = (".mrc", ".mrcs")
+TEMPLATE_PREFIX = "template_"
+CLASSES_FILE = "classes.csv"
+AFFINITY_GLOB = "affinity*.csv"
+TEST_FOLDER = "test"
+#: Items resized per call to ``resize_to_box`` (bounds the temporary memory).
+_RESIZE_CHUNK = 512
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def read_volume(path: str | os.PathLike) -> np.ndarray:
+    """Read one object from ``.mrc``, ``.mrcs`` or ``.npy`` as a float32 array.
+
+    Leading singleton axes are dropped; the result is 2D ``(H, W)`` or 3D
+    ``(D, H, W)`` with finite values.  A missing, truncated or corrupt file, a
+    complex or non-numeric type, another dimensionality or NaN/Inf voxels raise
+    :class:`DataError` naming the file.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in _MRC_SUFFIXES:
+        try:
+            with mrcfile.open(path, mode="r", permissive=False) as mrc:
+                data = mrc.data
+                if data is None:
+                    raise DataError(f"{path}: MRC file has no data block")
+                raw_dtype = data.dtype
+                arr = np.array(data, copy=True) if raw_dtype.kind in "iuf" else None
+        except DataError:
+            raise
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{path}: cannot read MRC file ({_reason(e)})") from None
+    elif suffix == ".npy":
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{path}: cannot read .npy file ({_reason(e)})") from None
+        raw_dtype = data.dtype
+        arr = data if raw_dtype.kind in "iuf" else None
+    else:
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix!r}, expected one of "
+            f"{', '.join(DATA_SUFFIXES)}"
+        )
+    if arr is None:
+        raise DataError(f"{path}: data type {raw_dtype} is not a real number type")
+    shape = arr.shape
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim not in (2, 3) or min(arr.shape) < 2:
+        raise DataError(
+            f"{path}: shape {_shape_str(shape) or '()'} is not a 2D image (H,W) or 3D volume "
+            "(D,H,W) with every side at least 2"
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    _check_finite(arr, path)
+    return arr
+
+
+def _reason(e: BaseException) -> str:
+    msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return " ".join(str(msg).split())  # one line
+
+
+def _check_finite(arr: np.ndarray, path) -> None:
+    finite = np.isfinite(arr)
+    if not finite.all():
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int(finite.size - finite.sum()) - n_nan
+        raise DataError(
+            f"{path}: {n_nan + n_inf} non-finite voxel(s) ({n_nan} NaN, {n_inf} Inf) out of "
+            f"{arr.size}, expected finite values"
+        )
+
+
+def write_volume(path: str | os.PathLike, array, voxel_size: float = 1.0) -> Path:
+    """Write one 2D or 3D object as ``.mrc``/``.mrcs`` (float32) or ``.npy`` (float32).
+
+    The write is atomic: the data go to a hidden temporary file beside ``path``
+    that is renamed over it only when complete, so a failure never leaves a
+    truncated file in place of a good one.  A 2D array written as ``.mrcs`` is
+    stored as a one-image stack ``(1, H, W)``.  ``voxel_size`` (Angstrom) is
+    recorded in MRC headers and ignored for ``.npy``.  Returns ``path``.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in DATA_SUFFIXES:
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix!r}, expected one of "
+            f"{', '.join(DATA_SUFFIXES)}"
+        )
+    arr = np.asarray(array)
+    if arr.ndim not in (2, 3):
+        raise DataError(
+            f"{path}: cannot write shape {_shape_str(arr.shape) or '()'}, expected a 2D image "
+            "(H,W) or a 3D volume (D,H,W)"
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    _check_finite(arr, path)
+
+    if suffix == ".npy":
+        def writer(tmp):
+            np.save(tmp, arr, allow_pickle=False)
+    else:
+        def writer(tmp):
+            stack = suffix == ".mrcs"
+            data = arr[None] if (stack and arr.ndim == 2) else arr
+            with mrcfile.new(tmp, overwrite=True) as mrc:
+                mrc.set_data(data)
+                if stack:
+                    mrc.set_image_stack()
+                mrc.voxel_size = voxel_size
+    atomic_save(path, writer)
+    return path
+
+
+# --------------------------------------------------------------------------- index
+
+
+@dataclass(frozen=True, eq=False)
+class FolderIndex:
+    """What a dataset folder holds, listed without reading any voxels.
+
+    ``paths`` are relative to ``root`` and sorted; ``labels[i]`` is the class of
+    ``paths[i]``.  ``classes`` are the classes to train on (``classes.csv`` or the
+    ``classes`` argument, else every label, sorted).  ``templates`` maps a class
+    to its template path (relative to ``root``).  ``affinity`` is reduced to
+    ``classes`` in that order, or ``None`` when there is no affinity CSV.
+    """
+
+    root: Path
+    paths: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    templates: dict[str, str] = field(default_factory=dict)
+    affinity: AffinityMatrix | None = None
+    affinity_path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def seen(self) -> np.ndarray:
+        """Boolean mask of the items whose class is one to train on."""
+        return np.isin(self.labels, np.asarray(self.classes, dtype=str))
+
+    @property
+    def unseen_classes(self) -> list[str]:
+        """Classes that have files but are not trained on, sorted."""
+        return sorted(set(self.labels.tolist()) - set(self.classes))
+
+
+def has_test_folder(root: str | os.PathLike) -> bool:
+    """Whether ``root`` has a ``test/`` sub-folder (held-out data in the same layout)."""
+    return (Path(root) / TEST_FOLDER).is_dir()
+
+
+def _is_data_file(p: Path) -> bool:
+    return not p.name.startswith(".") and p.suffix.lower() in DATA_SUFFIXES and p.is_file()
+
+
+def _read_classes_csv(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read classes file ({_reason(e)})") from None
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise DataError(f"{path}: empty, expected one comma-separated line of class names")
+    if len(lines) > 1:
+        raise DataError(
+            f"{path}: {len(lines)} non-blank lines, expected one comma-separated line of "
+            "class names (e.g. 'a,b,c')"
+        )
+    row = next(csv.reader(io.StringIO(lines[0])))
+    return _check_class_list([c.strip() for c in row if c.strip()], str(path))
+
+
+def _check_class_list(classes: Iterable[str] | str, source: str) -> list[str]:
+    if isinstance(classes, str):  # "a,b,c" as typed on a command line
+        classes = classes.split(",")
+    classes = [str(c).strip() for c in classes]
+    if not classes or any(c == "" for c in classes):
+        raise DataError(f"{source}: expected a non-empty list of class names, got {classes!r}")
+    dup = sorted({c for c in classes if classes.count(c) > 1})
+    if dup:
+        raise DataError(f"{source}: duplicate class name(s) {', '.join(map(repr, dup))}")
+    return classes
+
+
+def _find_affinity_csv(root: Path) -> Path | None:
+    found = sorted(p for p in root.glob(AFFINITY_GLOB) if p.is_file())
+    if len(found) > 1:
+        raise AffinityError(
+            f"{root}: several affinity CSVs ({', '.join(p.name for p in found)}); pick one with "
+            "the explicit affinity argument"
+        )
+    return found[0] if found else None
+
+
+def index_folder(
+    root: str | os.PathLike,
+    classes: Sequence[str] | None = None,
+    affinity: str | os.PathLike | AffinityMatrix | bool | None = None,
+) -> FolderIndex:
+    """List a dataset folder in the anchor layout, without reading voxels.
+
+    ``classes`` overrides ``classes.csv``; ``affinity`` (a CSV path or a matrix)
+    overrides the ``affinity*.csv`` found in ``root``; ``affinity=False`` ignores
+    any affinity CSV (for computing a new one).  Checks that every data
+    file name has a ``<class>_`` prefix, that every class to train on has files,
+    that templates are unambiguous and that the affinity matrix covers the
+    training classes; raises :class:`DataError` / :class:`AffinityError` if not.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: dataset folder does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root}: expected a dataset folder, found a file")
+
+    paths: list[str] = []
+    labels: list[str] = []
+    templates: dict[str, str] = {}
+    for p in sorted(root.iterdir(), key=lambda q: q.name):
+        if not _is_data_file(p):
+            continue
+        name = p.name
+        if name.startswith(TEMPLATE_PREFIX):
+            cls = p.stem[len(TEMPLATE_PREFIX):]
+            if not cls:
+                raise DataError(f"{p}: template file without a class, expected template_<class>{p.suffix}")
+            if cls in templates:
+                raise DataError(
+                    f"{p}: second template for class {cls!r} (also {templates[cls]}), expected one"
+                )
+            templates[cls] = name
+            continue
+        cls, sep, _ = name.partition("_")
+        if not sep or not cls:
+            raise DataError(
+                f"{p}: file name has no class prefix, expected <class>_<anything>{p.suffix} "
+                "(the class is the name up to the first underscore)"
+            )
+        paths.append(name)
+        labels.append(cls)
+    if not paths:
+        raise DataError(
+            f"{root}: no data files, expected <class>_<anything> files ending in "
+            f"{', '.join(DATA_SUFFIXES)}"
+        )
+    label_arr = np.asarray(labels, dtype=str)
+    present = set(labels)
+
+    if classes is not None:
+        train = _check_class_list(classes, "classes argument")
+        source = "classes argument"
+    elif (root / CLASSES_FILE).is_file():
+        train = _read_classes_csv(root / CLASSES_FILE)
+        source = str(root / CLASSES_FILE)
+    else:
+        train, source = sorted(present), None
+    missing = [c for c in train if c not in present]
+    if missing:
+        raise DataError(
+            f"{source}: class{'es' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+            f"listed to train on but {root} has no <class>_*.mrc|.mrcs|.npy file for "
+            f"{'them' if len(missing) > 1 else 'it'} (found {', '.join(sorted(present))})"
+        )
+
+    aff_path: Path | None = None
+    matrix = None
+    if affinity is False:
+        pass
+    elif isinstance(affinity, AffinityMatrix):
+        matrix = affinity.validate("affinity argument").subset(train, "affinity argument")
+    else:
+        aff_path = Path(affinity) if affinity is not None else _find_affinity_csv(root)
+        matrix = None
+        if aff_path is not None:
+            if not aff_path.is_file():
+                raise AffinityError(f"{aff_path}: affinity CSV does not exist")
+            matrix = read_affinity_csv(aff_path).subset(train, str(aff_path))
+
+    return FolderIndex(
+        root=root,
+        paths=paths,
+        labels=label_arr,
+        classes=train,
+        templates=templates,
+        affinity=matrix,
+        affinity_path=aff_path,
+    )
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+@dataclass(eq=False)
+class Dataset:
+    """All objects of a folder in memory.
+
+    ``x`` is ``(N, H, W)`` or ``(N, D, H, W)`` float32; ``labels`` and ``paths``
+    (relative to ``root``) align with it.  ``classes`` are the training classes
+    (see the module docstring); items of other classes are kept and have
+    ``seen == False``.  ``templates`` maps class to a float32 array of the item
+    shape; ``affinity`` rows follow ``classes``.
+    """
+
+    root: Path
+    x: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    classes: list[str]
+    templates: dict[str, np.ndarray] = field(default_factory=dict)
+    affinity: AffinityMatrix | None = None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def ndim(self) -> int:
+        """2 for images, 3 for volumes."""
+        return self.x.ndim - 1
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one item."""
+        return tuple(self.x.shape[1:])
+
+    @property
+    def seen(self) -> np.ndarray:
+        """Boolean mask of the items whose class is one to train on."""
+        return np.isin(self.labels, np.asarray(self.classes, dtype=str))
+
+    def select(self, classes: Sequence[str]) -> "Dataset":
+        """The items of ``classes`` (in file order), as a new dataset.
+
+        Its ``classes`` are ``classes`` in the given order; templates are kept for
+        those classes; the affinity matrix is reduced to them when it covers them
+        all, else it is ``None`` (e.g. when selecting unseen classes).
+        """
+        wanted = _check_class_list(classes, "select")
+        have = set(self.labels.tolist())
+        missing = [c for c in wanted if c not in have]
+        if missing:
+            raise DataError(
+                f"{self.root}: no items of class(es) {', '.join(map(repr, missing))} "
+                f"(found {', '.join(sorted(have))})"
+            )
+        mask = np.isin(self.labels, np.asarray(wanted, dtype=str))
+        idx = np.flatnonzero(mask)
+        aff = None
+        if self.affinity is not None and all(c in self.affinity.classes for c in wanted):
+            aff = self.affinity.subset(wanted)
+        return Dataset(
+            root=self.root,
+            x=self.x[idx],
+            labels=self.labels[idx],
+            paths=[self.paths[i] for i in idx],
+            classes=list(wanted),
+            templates={c: t for c, t in self.templates.items() if c in wanted},
+            affinity=aff,
+        )
+
+
+def _resize(x: np.ndarray, size: int) -> np.ndarray:
+    from affvae.data.augment import resize_to_box
+
+    nd = x.ndim - 1
+    out = np.empty((x.shape[0],) + (size,) * nd, dtype=np.float32)
+    for s in range(0, x.shape[0], _RESIZE_CHUNK):
+        out[s:s + _RESIZE_CHUNK] = resize_to_box(x[s:s + _RESIZE_CHUNK], size)
+    return out
+
+
+def load_folder(
+    root: str | os.PathLike,
+    *,
+    size: int | None = None,
+    classes: Sequence[str] | None = None,
+    affinity: str | os.PathLike | AffinityMatrix | None = None,
+    progress: bool = False,
+) -> Dataset:
+    """Read every object (and template) of a folder in the anchor layout.
+
+    Lists the folder with :func:`index_folder` (same ``classes``/``affinity``
+    arguments and checks), reads each file with :func:`read_volume`, checks all
+    items and templates share one shape, and with ``size`` resizes them (in
+    batches) to a square/cubic box of that side.  ``progress`` shows a tqdm bar.
+    """
+    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer))
+                             or size < 2):
+        raise DataError(f"size={size!r}: expected an integer box side of at least 2")
+    index = index_folder(root, classes=classes, affinity=affinity)
+    root = index.root
+
+    from tqdm import tqdm
+
+    x: np.ndarray | None = None
+    first = ""
+    for i, rel in enumerate(tqdm(index.paths, desc=f"reading {root.name}", unit="file",
+                                 disable=None if progress else True)):
+        arr = read_volume(root / rel)
+        if x is None:
+            x = np.empty((len(index.paths),) + arr.shape, dtype=np.float32)
+            first = rel
+        elif arr.shape != x.shape[1:]:
+            raise DataError(
+                f"{root / rel}: shape {_shape_str(arr.shape)} differs from "
+                f"{_shape_str(x.shape[1:])} of {first}, expected all items the same shape"
+            )
+        x[i] = arr
+    assert x is not None  # index_folder guarantees at least one file
+
+    templates: dict[str, np.ndarray] = {}
+    for cls, rel in index.templates.items():
+        t = read_volume(root / rel)
+        if t.shape != x.shape[1:]:
+            raise DataError(
+                f"{root / rel}: template shape {_shape_str(t.shape)} differs from the item shape "
+                f"{_shape_str(x.shape[1:])} (e.g. {first})"
+            )
+        templates[cls] = t
+
+    if size is not None:
+        x = _resize(x, int(size))
+        if templates:
+            names = list(templates)
+            stacked = _resize(np.stack([templates[c] for c in names]), int(size))
+            templates = dict(zip(names, stacked, strict=True))
+
+    return Dataset(
+        root=root,
+        x=x,
+        labels=index.labels,
+        paths=list(index.paths),
+        classes=list(index.classes),
+        templates=templates,
+        affinity=index.affinity,
+    )

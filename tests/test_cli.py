@@ -1,0 +1,137 @@
+"""The command line as a user runs it: exit codes, one-line errors, files on disk."""
+
+import os
+import subprocess
+import sys
+
+import mrcfile
+import numpy as np
+import pytest
+
+from affvae.cli import main
+from affvae.data.io import write_volume
+
+
+@pytest.fixture(scope="module")
+def tetra(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tetra") / "d"
+    assert main(["simulate", "tetramino", "--out", str(out), "-n", "3", "--size", "16",
+                 "--fuse", "L+T", "--unseen", "LT"]) == 0
+    return out
+
+
+def run_cli(*args):
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "affvae", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_simulate_then_affinity_end_to_end(tmp_path):
+    d = tmp_path / "d"
+    r = run_cli("simulate", "tetramino", "--out", str(d), "-n", "2", "--size", "16")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("affinity", str(d), "--metric", "fsc", "--out", str(tmp_path / "a.csv"), "--plot")
+    assert r.returncode == 0, r.stderr
+    header = (tmp_path / "a.csv").read_text().splitlines()[0].split(",")
+    assert header == ["I", "O", "T", "L", "S", "branch", "screwR", "screwL"]
+    assert (tmp_path / "a.png").stat().st_size > 1000
+    assert (tmp_path / "a.provenance.json").is_file()
+
+
+def test_affinity_on_any_anchor_folder_without_templates(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in ("ribosome", "proteasome"):
+        for i in range(3):
+            write_volume(tmp_path / f"{c}_{i}_tomo7.mrc", rng.standard_normal((12, 12, 12)))
+    (tmp_path / "classes.csv").write_text("ribosome,proteasome\n")
+    for metric in ("fsc", "ncc", "mean-diff"):
+        assert main(["affinity", str(tmp_path), "--metric", metric, "--out", str(tmp_path / f"{metric}.csv")]) == 0
+        assert (tmp_path / f"{metric}.csv").read_text().startswith("ribosome,proteasome\n")
+
+
+def test_glyph_affinity_with_soap(tmp_path):
+    d = tmp_path / "g"
+    assert main(["simulate", "alphanumeric", "--out", str(d), "-n", "1", "--glyphs", "aexk"]) == 0
+    assert main(["affinity", str(d), "--metric", "soap", "--out", str(tmp_path / "s.csv")]) == 0
+    assert (tmp_path / "s.csv").read_text().startswith("a,e,x,k\n")
+
+
+def test_check_summarises_a_good_folder(tetra, capsys):
+    assert main(["check", str(tetra)]) == 0
+    out = capsys.readouterr().out
+    assert "27 items" in out and "held out (1): LT 3" in out
+
+
+def copy_folder(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _bad_cases(tetra, tmp):
+    """(name, folder, extra args, text the error must contain)."""
+    cases = []
+    d = copy_folder(tetra, tmp / "trunc")
+    p = d / "I_00000.mrc"
+    p.write_bytes(p.read_bytes()[:-500])
+    cases.append(("truncated", d, [], "I_00000.mrc"))
+    d = copy_folder(tetra, tmp / "garbage")
+    (d / "O_00003.mrc").write_bytes(b"not an mrc file at all" * 10)
+    cases.append(("unreadable", d, [], "O_00003.mrc"))
+    d = copy_folder(tetra, tmp / "mixed")
+    write_volume(d / "T_99.mrc", np.ones((8, 8, 8)))
+    cases.append(("mixed shapes", d, [], "T_99.mrc"))
+    d = copy_folder(tetra, tmp / "nan")
+    with mrcfile.open(d / "L_00009.mrc", "r+") as f:
+        f.data[1, 2, 3] = np.nan
+    cases.append(("NaN", d, [], "L_00009.mrc"))
+    d = copy_folder(tetra, tmp / "noclass")
+    (d / "classes.csv").write_text("I,O,Z\n")
+    cases.append(("class without files", d, [], "'Z'"))
+    for name, text, needle in [
+        ("not square", "I,O\n1,0\n", "not square"),
+        ("not symmetric", "I,O,T,L,S,branch,screwR,screwL\n" + "\n".join(
+            ",".join("0.3" if (i, j) == (0, 1) else ("1" if i == j else "0") for j in range(8))
+            for i in range(8)) + "\n", "not symmetric"),
+        ("outside", "I,O\n1,2\n2,1\n", "outside"),
+        ("missing class", "I,O\n1,0\n0,1\n", "missing class"),
+    ]:
+        d = copy_folder(tetra, tmp / name.replace(" ", "_"))
+        (d / "affinity.csv").write_text(text)
+        cases.append((name, d, [], needle))
+    return cases
+
+
+def test_each_bad_input_fails_with_one_clear_line(tetra, tmp_path, capsys):
+    for name, folder, extra, needle in _bad_cases(tetra, tmp_path):
+        capsys.readouterr()
+        code = main(["check", str(folder), *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, name
+        assert len(err.splitlines()) == 1, (name, err)
+        assert needle in err, (name, err)
+        assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = run_cli("--debug", "check", str(tmp_path / "missing"))
+    assert r.returncode != 0 and "Traceback" in r.stderr
+    r = run_cli("check", str(tmp_path / "missing"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr
+
+
+def test_failed_affinity_leaves_existing_output_untouched(tetra, tmp_path):
+    out = tmp_path / "affinity.csv"
+    out.write_text("precious\n")
+    d = copy_folder(tetra, tmp_path / "bad")
+    (d / "template_S.mrc").write_bytes(b"\x00" * 10)
+    assert main(["affinity", str(d), "--out", str(out)]) == 2
+    assert out.read_text() == "precious\n"
+
+
+def test_simulate_refuses_to_overwrite(tetra, capsys):
+    before = sorted(p.name for p in tetra.iterdir())
+    assert main(["simulate", "tetramino", "--out", str(tetra), "-n", "1"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tetra.iterdir()) == before

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+
+from affvae.affinity.matrix import (
+    AffinityMatrix,
+    class_representatives,
+    compute_matrix,
+    read_affinity_csv,
+    write_affinity_csv,
+)
+from affvae.data.io import index_folder, write_volume
+from affvae.data.simulate import TetraminoSimulator
+from affvae.errors import AffinityError
+
+
+def test_csv_round_trip_in_anchor_format(tmp_path):
+    m = AffinityMatrix(("a", "b", "c"), np.array([[1, 0.25, -0.5], [0.25, 1, 0.1], [-0.5, 0.1, 1]]))
+    p = write_affinity_csv(m, tmp_path / "affinity.csv")
+    lines = p.read_text().splitlines()
+    assert lines[0] == "a,b,c" and len(lines) == 4
+    back = read_affinity_csv(p)
+    assert back.classes == ("a", "b", "c") and np.array_equal(back.values, m.values)
+    assert back.subset(["c", "a"]).values.tolist() == [[1.0, -0.5], [-0.5, 1.0]]
+
+
+def test_pandas_index_column_is_tolerated(tmp_path):
+    p = tmp_path / "a.csv"
+    p.write_text(",x,y\nx,1,0.5\ny,0.5,1\n")
+    assert read_affinity_csv(p).values[0, 1] == 0.5
+
+
+@pytest.mark.parametrize("text, match", [
+    ("a,b\n1,0.5\n", "not square"),
+    ("a,b\n1,0.5\n0.4,1\n", "not symmetric.*\\(a, b\\)"),
+    ("a,b\n1,1.5\n1.5,1\n", "1.5.*outside"),
+    ("a,b\n1,x\nx,1\n", "'x' is not a number"),
+    ("", "empty"),
+])
+def test_bad_csv_is_rejected_with_one_clear_line(tmp_path, text, match):
+    p = tmp_path / "affinity.csv"
+    p.write_text(text)
+    with pytest.raises(AffinityError, match=match) as e:
+        read_affinity_csv(p)
+    assert "\n" not in str(e.value) and "affinity.csv" in str(e.value)
+
+
+def test_missing_class_is_named(tmp_path):
+    m = AffinityMatrix(("a", "b"), np.eye(2))
+    with pytest.raises(AffinityError, match="'z'"):
+        m.subset(["a", "z"])
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    p = tmp_path / "affinity.csv"
+    p.write_text("old contents\n")
+
+    class Boom(AffinityMatrix):
+        def to_csv_text(self):
+            raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        write_affinity_csv(Boom(("a",), np.eye(1)), p)
+    assert p.read_text() == "old contents\n"
+    assert [q.name for q in tmp_path.iterdir()] == ["affinity.csv"]
+
+
+def test_compute_matrix_is_cached_by_content(tmp_path):
+    sim = TetraminoSimulator(size=16, cube=2, shapes=["I", "O", "T"])
+    X = np.stack([sim.template(c) for c in sim.classes])
+    a = compute_matrix(sim.classes, X, "fsc")
+    files = list((tmp_path / "affvae-cache" / "affinity").glob("*.csv"))
+    assert len(files) == 1
+    # tamper with the cache entry: a second call must read it, not recompute
+    forged = AffinityMatrix(a.classes, np.full((3, 3), 0.5) + 0.5 * np.eye(3))
+    write_affinity_csv(forged, files[0])
+    assert np.array_equal(compute_matrix(sim.classes, X, "fsc").values, forged.values)
+    # different content, metric or alignment -> different key, recomputed
+    b = compute_matrix(sim.classes, X[::-1].copy(), "fsc")
+    assert not np.array_equal(b.values, forged.values)
+    assert compute_matrix(sim.classes, X, "ncc").values[0, 1] != 0.5
+    assert np.allclose(compute_matrix(sim.classes, X, "fsc", cache=False).values, a.values)
+
+
+def test_representatives_prefer_templates_else_medoid(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((8, 8, 8)).astype(np.float32)
+    other = rng.standard_normal((8, 8, 8)).astype(np.float32)
+    # class 'a': three noisy copies of base and one outlier; the medoid is a copy
+    for i, noise in enumerate([0.1, 0.2, 0.15]):
+        write_volume(tmp_path / f"a_{i}.mrc", base + noise * rng.standard_normal(base.shape))
+    write_volume(tmp_path / "a_9.mrc", other)
+    write_volume(tmp_path / "b_0.mrc", other)
+    write_volume(tmp_path / "template_b.mrc", -other)
+    index = index_folder(tmp_path, affinity=False)
+    classes, X, source = class_representatives(index, "fsc")
+    assert classes == ["a", "b"]
+    assert source["a"].startswith("medoid of 4: ") and "a_9" not in source["a"]
+    assert np.corrcoef(X[0].ravel(), base.ravel())[0, 1] > 0.9
+    assert np.array_equal(X[1], -other)

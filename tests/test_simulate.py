@@ -1,0 +1,144 @@
+import csv
+
+import numpy as np
+import pytest
+
+from affvae.data.augment import euler_to_matrix, rotate
+from affvae.data.io import load_folder
+from affvae.data.simulate import (
+    ALL_GLYPHS,
+    PAPER_GLYPHS,
+    TETRACUBES,
+    AlphanumericSimulator,
+    TetraminoSimulator,
+    sample_poses,
+    write_dataset,
+)
+from affvae.errors import DataError
+
+
+@pytest.mark.parametrize("shape", list(TETRACUBES))
+def test_tetracube_has_exactly_four_cubes_of_volume(shape):
+    sim = TetraminoSimulator(size=32, cube=5)
+    vol = sim.template(shape)
+    assert vol.sum() == 4 * 5**3
+    assert set(np.unique(vol)) <= {0.0, 1.0}
+
+
+def test_rotated_tetracube_keeps_its_volume_and_matches_rotating_the_template():
+    sim = TetraminoSimulator(size=32, cube=5, supersample=3)
+    poses = sample_poses(6, 3, np.random.default_rng(3))
+    vols = sim.render(["L"] * 6, poses)
+    # partial-volume rendering: total occupancy within 1% of 4 cubes
+    assert np.allclose(vols.sum((1, 2, 3)), 500, rtol=0.01)
+    rotated = rotate(np.repeat(sim.template("L")[None], 6, 0), euler_to_matrix(poses))
+    for a, b in zip(vols, rotated):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98
+
+
+def test_tetracubes_are_distinct_and_screws_are_mirror_images():
+    sim = TetraminoSimulator(size=32, cube=5)
+    t = {c: sim.template(c) for c in sim.classes}
+    for a in t:
+        for b in t:
+            if a < b:
+                assert not np.array_equal(t[a], t[b]), (a, b)
+    # the right screw mirrored in z is a rotation of the left one: same sorted
+    # distances between occupied voxels
+    def dists(v):
+        p = np.argwhere(v > 0.5).astype(float)
+        d = np.sqrt(((p[:, None] - p[None]) ** 2).sum(-1))
+        return np.sort(d.ravel())
+    assert np.allclose(dists(t["screwR"]), dists(t["screwL"]))
+
+
+def test_fused_class_is_union_of_parents_and_elongation_scales_volume():
+    sim = TetraminoSimulator(size=32, cube=4, fused=[("L", "T")])
+    assert "LT" in sim.classes
+    assert sim.template("LT").sum() == 5 * 4**3  # L and T share three cubes
+    long = TetraminoSimulator(size=32, cube=4, elongation=1.5)
+    assert long.template("O").sum() == 4 * 6 * 4 * 4
+
+
+def test_too_large_piece_is_refused():
+    with pytest.raises(DataError, match="does not fit"):
+        TetraminoSimulator(size=16, cube=8)
+
+
+def test_glyphs_binary_centred_and_distinct():
+    sim = AlphanumericSimulator(size=64, glyphs=ALL_GLYPHS)
+    imgs = np.stack([sim.template(g) for g in ALL_GLYPHS])
+    assert set(np.unique(imgs)) == {0.0, 1.0}
+    assert (imgs.sum((1, 2)) > 30).all()
+    # nothing touches the border, so rotations by up to 45 degrees stay inside
+    assert imgs[:, [0, -1], :].sum() == 0 and imgs[:, :, [0, -1]].sum() == 0
+    flat = imgs.reshape(len(imgs), -1)
+    assert len({row.tobytes() for row in flat}) == len(ALL_GLYPHS)
+    # 'o' has a hole: the centre pixel is background
+    o = sim.template("o")
+    assert o[32, 32] == 0 and o.sum() > 100
+
+
+def test_glyph_rotation_angles_are_integers_in_open_interval():
+    poses = sample_poses(5000, 2, np.random.default_rng(0), max_angle=45)
+    assert np.all(poses == np.round(poses))
+    assert poses.min() == -44 and poses.max() == 44
+
+
+def test_rendering_is_a_deterministic_function_of_the_spec():
+    sim = AlphanumericSimulator(size=32)
+    a = sim.specs(3, seed=7)
+    b = sim.specs(3, seed=7)
+    assert a == b
+    assert sim.specs(3, seed=8) != a
+    x1 = sim.render_specs(a[5:9])
+    x2 = sim.render_specs(a)[5:9]
+    assert np.array_equal(x1, x2)
+
+
+def test_rotated_glyph_is_the_template_rotated():
+    sim = AlphanumericSimulator(size=64)
+    img = sim.render(["k"], np.array([90.0]))[0]
+    ref = np.rot90(sim.template("k"), k=-1)  # +90 degrees in (x, y) with rows going down
+    assert (img != ref).mean() < 0.01
+
+
+def test_grid_rotations_are_multiples_of_ten_degrees():
+    from scipy.spatial.transform import Rotation
+
+    poses = sample_poses(50, 3, np.random.default_rng(1), rotation="grid")
+    xyz = Rotation.from_euler("ZYZ", poses, degrees=True).as_euler("xyz", degrees=True)
+    # stored as ZYZ, but each is three 10-degree steps about x, y and z
+    assert np.allclose(xyz / 10, np.round(xyz / 10), atol=1e-6)
+
+
+def test_write_dataset_anchor_layout(tmp_path):
+    sim = TetraminoSimulator(size=16, cube=2, shapes=["I", "O", "T"], fused=[("I", "T")])
+    out = write_dataset(sim, tmp_path / "d", n_per_class=3, seed=1, unseen=["IT"], progress=False)
+    ds = load_folder(out)
+    assert len(ds) == 12 and ds.shape == (16, 16, 16)
+    assert ds.classes == ["I", "O", "T"]
+    assert sorted(ds.templates) == ["I", "IT", "O", "T"]
+    assert np.array_equal(ds.templates["O"], sim.template("O"))
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert len(rows) == 12
+    first = rows[0]
+    again = sim.render([first["class"]], np.array([[float(first[k]) for k in ("rot", "tilt", "psi")]]))
+    i = ds.paths.index(first["file"])
+    assert np.allclose(ds.x[i], again[0], atol=1e-4)
+    assert (out / "provenance.json").is_file()
+
+
+def test_write_dataset_refuses_non_empty_folder(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    with pytest.raises(DataError, match="not empty"):
+        write_dataset(AlphanumericSimulator(size=16, glyphs="ab"), tmp_path, 1, progress=False)
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_unknown_glyph_and_shape_are_rejected():
+    with pytest.raises(DataError, match="'#'"):
+        AlphanumericSimulator(glyphs=["a", "#"])
+    with pytest.raises(DataError, match="'Q'"):
+        TetraminoSimulator(shapes=["Q"])
+    assert set(PAPER_GLYPHS) <= set(ALL_GLYPHS)

@@ -57,3 +57,91 @@ def plot_matrix(values: np.ndarray, labels, path, title: str = "", vmin=-1.0, vm
 
 def plot_affinity(matrix, path, title: str = "affinity") -> Path:
     return plot_matrix(matrix.values, matrix.classes, path, title=title, colorbar_label="similarity")
+
+
+def plot_embedding(xy, labels, path, unseen=(), title: str = "") -> Path:
+    """Scatter of a 2-D embedding coloured by class, unseen classes stand out.
+
+    Seen classes are small coloured dots; each unseen class gets a large
+    black-edged star in its own colour (none shared with a seen class) and its
+    name written just above it, since those are the points the reader looks for.  Unknown labels
+    ("") are drawn as small grey dots.
+    """
+    from affvae.latent_map import as_labels
+
+    plt = _pyplot()
+    xy = np.asarray(xy, dtype=float)
+    labels = as_labels(labels)
+    unseen = {str(c) for c in unseen}
+    classes = [c for c in np.unique(labels).tolist() if c != ""]
+    seen_cls = [c for c in classes if c not in unseen]
+    new_cls = [c for c in classes if c in unseen]
+    # one palette over seen then unseen classes, so no unseen class shares a seen colour
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    n = max(1, xy.shape[0])
+    size = float(np.clip(3000.0 / n, 4.0, 30.0))
+    fig, ax = plt.subplots(figsize=(7, 6))
+    unknown = labels == ""
+    if unknown.any():
+        ax.scatter(xy[unknown, 0], xy[unknown, 1], s=size, c="0.7", lw=0, label="unknown")
+    for i, c in enumerate(seen_cls):
+        m = labels == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=size, color=cmap(i % cmap.N), lw=0, alpha=0.8, label=c)
+    for i, c in enumerate(new_cls, start=len(seen_cls)):
+        m = labels == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=size * 4 + 20, marker="*", color=cmap(i % cmap.N),
+                   edgecolors="black", linewidths=0.6, label=f"{c} (unseen)", zorder=3)
+        top = (np.median(xy[m, 0]), xy[m, 1].max())  # name just above the cluster
+        ax.annotate(f"{c} (unseen)", top, xytext=(0, 8), textcoords="offset points", fontsize=9,
+                    fontweight="bold", ha="center", va="bottom", zorder=4,
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.7})
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if classes or unknown.any():
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=1.5,
+                  frameon=False, ncol=1 if len(classes) <= 25 else 2)
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def plot_confusion(matrix, row_labels, col_labels, path, title: str = "confusion") -> Path:
+    """Confusion counts: colour = fraction of the row (true class), text = count.
+
+    Colouring by row fraction keeps small classes readable next to big ones; the
+    rows below the seen classes are the unseen classes.  (Drawn here rather than
+    with :func:`plot_matrix`, whose text colour rule suits diverging colour maps:
+    on a sequential one it writes white zeros on white cells.)
+    """
+    plt = _pyplot()
+    counts = np.asarray(matrix, dtype=float)
+    rows, cols = list(row_labels), list(col_labels)
+    totals = counts.sum(axis=1, keepdims=True)
+    frac = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    n, m = counts.shape
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * m + 2), max(3.5, 0.45 * n + 1.5)))
+    cmap = plt.get_cmap("Blues")
+    im = ax.imshow(frac, vmin=0.0, vmax=1.0, cmap=cmap)
+    ax.set_xticks(range(m), cols, rotation=90 if cols and max(len(str(s)) for s in cols) > 2 else 0)
+    ax.set_yticks(range(n), rows)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if max(n, m) <= 30:
+        rgb = cmap(frac)[..., :3]
+        dark = (rgb @ np.array([0.299, 0.587, 0.114])) < 0.5
+        for (i, j), v in np.ndenumerate(counts):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if dark[i, j] else "black")
+    n_seen = len(cols)
+    if n > n_seen:  # separate the unseen rows
+        ax.axhline(n_seen - 0.5, color="black", lw=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of row")
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def plot_proximity(prox, classes, path, title: str = "centre proximity") -> Path:
+    """Distances between class centres on the 0-100 scale (0 = same place)."""
+    return plot_matrix(prox, list(classes), path, title=title, vmin=0.0, vmax=100.0,
+                       cmap="RdBu_r", fmt=".0f", colorbar_label="centre distance (0-100)")

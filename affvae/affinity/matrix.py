@@ -179,6 +179,15 @@ def content_hash(classes: Sequence[str], objects: np.ndarray, metric: str, align
     return h.hexdigest()
 
 
+def medoid_index(stack: np.ndarray, metric: str = "fsc") -> int:
+    """Index of the object with the highest summed similarity to the others."""
+    from affvae.affinity.metrics import similarity_matrix
+
+    if len(stack) <= 2:
+        return 0
+    return int(np.argmax(similarity_matrix(stack, metric=metric).sum(1)))
+
+
 def class_representatives(index, metric: str = "fsc", max_members: int = MAX_MEMBERS,
                           size: int | None = None) -> tuple[list[str], np.ndarray, dict[str, str]]:
     """One object per class: its template, else the class medoid.
@@ -192,8 +201,6 @@ def class_representatives(index, metric: str = "fsc", max_members: int = MAX_MEM
     from affvae.data.augment import resize_to_box
     from affvae.data.io import read_volume
 
-    from affvae.affinity.metrics import similarity_matrix
-
     # Training classes first (in their order), then held-out classes, then classes
     # that only have a template.
     classes = list(dict.fromkeys([*index.classes, *sorted(set(index.labels.tolist())),
@@ -206,11 +213,7 @@ def class_representatives(index, metric: str = "fsc", max_members: int = MAX_MEM
             continue
         members = [p for p, lab in zip(index.paths, index.labels) if lab == c][:max_members]
         stack = np.stack([read_volume(index.root / p) for p in members])
-        if len(members) <= 2:
-            k = 0
-        else:
-            sim = similarity_matrix(stack, metric=metric)
-            k = int(np.argmax(sim.sum(1)))
+        k = medoid_index(stack, metric)
         objs.append(stack[k])
         source[c] = f"medoid of {len(members)}: {members[k]}"
     shapes = {o.shape for o in objs}

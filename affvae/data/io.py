@@ -392,6 +392,8 @@ class Dataset:
     classes: list[str]
     templates: dict[str, np.ndarray] = field(default_factory=dict)
     affinity: AffinityMatrix | None = None
+    #: per-item pose when known (simulated data): (N,) degrees for 2D, (N, 3) ZYZ for 3D
+    poses: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -439,6 +441,7 @@ class Dataset:
             classes=list(wanted),
             templates={c: t for c, t in self.templates.items() if c in wanted},
             affinity=aff,
+            poses=None if self.poses is None else self.poses[idx],
         )
 
 

@@ -1,0 +1,235 @@
+"""The typed configuration tree, saved fully resolved with every run.
+
+One ``Config`` describes a run: where the data comes from (a simulator or a
+folder), the model, the loss and its schedules, training and evaluation.  It is
+read from YAML, adjusted with dotted overrides (``loss.gamma=3``) from the CLI or
+from a Ray Tune search space, validated (unknown keys and out-of-range values are
+rejected with one line naming the key), and written back as ``config.yaml``.
+
+Loss conventions
+----------------
+``loss.convention`` picks how the three terms are scaled; it changes what a
+given beta and gamma mean, so it is recorded with every run:
+
+``reference`` (default)
+    As the paper authors' reference implementation: reconstruction averaged over
+    voxels and the batch, KL averaged over latent dimensions and the batch, and the
+    affinity loss on the means mu, averaged over the pairs i < j of the batch.  With
+    it the paper's beta (1..5) and gamma (0..20) ranges carry over unchanged.
+``formula``
+    As the paper's equation: reconstruction summed over voxels, KL summed over
+    latent dimensions (both averaged over the batch), and
+    S(z) = sum_ij |A[c_i, c_j] - cos(z_i, z_j)| / N over all ordered pairs of the
+    sampled z.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from affvae.errors import ConfigError
+from affvae.provenance import atomic_write
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    #: "tetramino" / "alphanumeric" simulate in memory; "folder" reads ``path``
+    source: Literal["tetramino", "alphanumeric", "folder"] = "tetramino"
+    path: str | None = None
+    #: box side (simulated size, or resize folder data to a cube / square)
+    size: int | None = Field(default=None, ge=8, le=512)
+    #: classes to train on (default: classes.csv, or every simulated class not unseen)
+    classes: list[str] | None = None
+    #: classes held out of training and evaluated as unseen
+    unseen: list[str] = Field(default_factory=list)
+    n_per_class: int = Field(default=200, ge=2)
+    rotation: Literal["uniform", "grid", "none"] = "uniform"
+    glyphs: str = "aebdpijzkxu2"
+    shapes: list[str] = Field(default_factory=lambda: ["I", "O", "T", "L", "S", "branch", "screwR", "screwL"])
+    fused: list[str] = Field(default_factory=list)  # e.g. ["L+T"]
+    cube: float | None = Field(default=None, gt=0)
+    elongation: float = Field(default=1.0, gt=0)
+    #: per-item intensity normalisation: minmax to [0, 1], standard (z-score), none
+    normalise: Literal["minmax", "standard", "none"] = "minmax"
+    #: affinity CSV; if unset, the folder's affinity*.csv, else computed with ``affinity_metric``
+    affinity: str | None = None
+    affinity_metric: str = "fsc"
+    affinity_align: int = Field(default=0, ge=0)
+    val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.source == "folder" and not self.path:
+            raise ValueError("data.path is required when data.source is 'folder'")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("data.val_fraction + data.test_fraction must leave at least 10% to train")
+        return self
+
+
+class ModelConfig(_Section):
+    #: channels of each conv block; the number of blocks is the depth
+    filters: list[int] = Field(default_factory=lambda: [8, 16, 32], min_length=1, max_length=6)
+    latent_dims: int = Field(default=8, ge=1, le=512)
+    #: 0 turns the pose head off
+    pose_dims: int = Field(default=1, ge=0, le=64)
+    batch_norm: bool = True
+    #: decoder output: sigmoid (data in [0, 1]), linear, or auto (sigmoid iff minmax data)
+    output: Literal["auto", "sigmoid", "linear"] = "auto"
+
+    @field_validator("filters")
+    @classmethod
+    def _positive(cls, v):
+        if any(f < 1 for f in v):
+            raise ValueError("every filter count must be at least 1")
+        return v
+
+
+class Schedule(_Section):
+    """How a weight evolves over epochs: constant, linear warm-up or cyclical annealing."""
+
+    kind: Literal["constant", "linear", "cyclical"] = "constant"
+    #: linear: epochs to ramp from ``start`` to the full value
+    warmup_epochs: int = Field(default=10, ge=1)
+    start: float = Field(default=0.0, ge=0.0)
+    #: cyclical (Fu et al. 2019): number of cycles over the run and the ramping fraction of each
+    cycles: int = Field(default=4, ge=1)
+    ratio: float = Field(default=0.5, gt=0.0, le=1.0)
+
+
+class LossConfig(_Section):
+    beta: float = Field(default=1.0, ge=0.0)
+    gamma: float = Field(default=2.0, ge=0.0)
+    beta_schedule: Schedule = Field(default_factory=Schedule)
+    gamma_schedule: Schedule = Field(default_factory=Schedule)
+    recon: Literal["mse", "bce"] = "mse"
+    convention: Literal["reference", "formula"] = "reference"
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=32, ge=2)
+    lr: float = Field(default=1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: mixed precision: auto = on for CUDA, off on CPU
+    amp: Literal["auto", "on", "off"] = "auto"
+    checkpoint_every: int = Field(default=5, ge=1)
+    #: torch intra-op threads (0: torch's default)
+    threads: int = Field(default=0, ge=0)
+    #: stop early when the wall time in minutes is exceeded (0: no limit)
+    max_minutes: float = Field(default=0.0, ge=0.0)
+
+
+class EvalConfig(_Section):
+    classifier: Literal["nearest", "mlp"] = "nearest"
+    embedding: Literal["auto", "umap", "tsne", "pca"] = "auto"
+    figures: bool = True
+
+
+class Config(_Section):
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to values (for MLflow params and Tune search spaces)."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix, node):
+            for k, v in node.items():
+                key = f"{prefix}{k}"
+                if isinstance(v, dict):
+                    walk(key + ".", v)
+                else:
+                    out[key] = v
+        walk("", self.to_dict())
+        return out
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        return f"{source}: unknown key {key!r}"
+    msg = e["msg"].removeprefix("Value error, ")
+    got = e.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{source}: {key}: {msg}{shown}"
+
+
+def _set_dotted(tree: dict, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{source}: {key!r}: {p!r} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"loss.gamma=3"`` -> ``("loss.gamma", 3)``; the value is read as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. loss.gamma=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def build_config(base: dict | None = None, overrides: dict[str, Any] | list[str] | None = None,
+                 source: str = "config") -> Config:
+    """Validate a nested dict plus dotted overrides into a :class:`Config`."""
+    tree = copy.deepcopy(base or {})
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (data, model, loss, train, eval)")
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    for key, value in items:
+        _set_dotted(tree, key, value, source)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides=None) -> Config:
+    """Read YAML (or start from defaults) and apply overrides."""
+    base: dict = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        try:
+            base = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{where}") from None
+    return build_config(base, overrides, source)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_write(path) as fh:
+        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+    return path

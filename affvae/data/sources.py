@@ -1,0 +1,102 @@
+"""From a data config to an in-memory dataset and its affinity matrix.
+
+Simulated sources render every item once (batched) from reproducible specs; a
+folder source reads the anchor layout with :func:`affvae.data.io.load_folder`.
+Both give an :class:`affvae.data.io.Dataset` holding seen and unseen classes, its
+``classes`` being the ones to train on, normalised per item as configured.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from affvae.affinity.matrix import AffinityMatrix, compute_matrix, medoid_index, read_affinity_csv
+from affvae.data.io import Dataset, load_folder
+from affvae.errors import ConfigError, DataError
+
+
+def make_simulator(d):
+    from affvae.data.simulate import AlphanumericSimulator, TetraminoSimulator
+
+    if d.source == "alphanumeric":
+        return AlphanumericSimulator(size=d.size or 64, glyphs=[g for g in d.glyphs if not g.isspace()],
+                                     rotation=d.rotation if d.rotation != "grid" else "uniform")
+    fused = []
+    for f in d.fused:
+        parts = f.split("+")
+        if len(parts) != 2:
+            raise ConfigError(f"data.fused: {f!r}: expected two tetracubes joined by '+', e.g. L+T")
+        fused.append((parts[0], parts[1]))
+    return TetraminoSimulator(size=d.size or 32, shapes=d.shapes, cube=d.cube,
+                              elongation=d.elongation, fused=fused, rotation=d.rotation)
+
+
+def normalise(x: np.ndarray, how: str) -> np.ndarray:
+    """Per item: minmax to [0, 1], standard (zero mean, unit sd) or none."""
+    if how == "none" or len(x) == 0:
+        return x.astype(np.float32, copy=False)
+    flat = x.reshape(len(x), -1)
+    if how == "minmax":
+        lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
+        out = (flat - lo) / np.where(hi > lo, hi - lo, 1.0)
+    else:
+        mean, sd = flat.mean(1, keepdims=True), flat.std(1, keepdims=True)
+        out = (flat - mean) / np.where(sd > 0, sd, 1.0)
+    return out.reshape(x.shape).astype(np.float32)
+
+
+def build_dataset(cfg, progress: bool = False) -> Dataset:
+    """The whole dataset of a config: training classes plus held-out ones."""
+    d = cfg.data
+    if d.source == "folder":
+        ds = load_folder(d.path, size=d.size, classes=d.classes, affinity=d.affinity, progress=progress)
+        if d.unseen:
+            missing = [u for u in d.unseen if u not in set(ds.labels.tolist())]
+            if missing:
+                raise ConfigError(f"data.unseen: class {missing[0]!r} has no files in {d.path}")
+            ds.classes = [c for c in ds.classes if c not in d.unseen]
+            if ds.affinity is not None:
+                ds.affinity = ds.affinity.subset(ds.classes)
+    else:
+        sim = make_simulator(d)
+        unknown = [c for c in [*(d.classes or []), *d.unseen] if c not in sim.classes]
+        if unknown:
+            raise ConfigError(
+                f"data: class {unknown[0]!r} is not simulated (classes: {', '.join(sim.classes)})"
+            )
+        specs = sim.specs(d.n_per_class, seed=cfg.seed)
+        x = np.concatenate([sim.render_specs(specs[i:i + 256]) for i in range(0, len(specs), 256)])
+        poses = np.array([s.pose for s in specs])
+        seen = d.classes or [c for c in sim.classes if c not in d.unseen]
+        ds = Dataset(
+            root=d.source, x=x, labels=np.array([s.cls for s in specs]),
+            paths=[f"{s.cls}_{i:06d}" for i, s in enumerate(specs)], classes=list(seen),
+            templates={c: sim.template(c) for c in sim.classes},
+            poses=poses[:, 0] if sim.ndim == 2 else poses,
+        )
+    if not ds.classes:
+        raise ConfigError("data: no classes left to train on")
+    ds.x = normalise(ds.x, d.normalise)
+    ds.templates = {c: normalise(t[None], d.normalise)[0] for c, t in ds.templates.items()}
+    return ds
+
+
+def resolve_affinity(cfg, ds: Dataset) -> AffinityMatrix | None:
+    """The matrix over the training classes: given CSV, the folder's, or computed."""
+    if cfg.loss.gamma == 0:
+        return None
+    if cfg.data.affinity:
+        return read_affinity_csv(cfg.data.affinity).subset(ds.classes, cfg.data.affinity)
+    if ds.affinity is not None:
+        return ds.affinity.subset(ds.classes)
+    reps = []
+    for c in ds.classes:
+        if c in ds.templates:
+            reps.append(ds.templates[c])
+            continue
+        members = ds.x[ds.labels == c][:32]
+        if len(members) == 0:
+            raise DataError(f"class {c!r} has no items to estimate an affinity from")
+        reps.append(members[medoid_index(members, cfg.data.affinity_metric)])
+    return compute_matrix(ds.classes, np.stack(reps), cfg.data.affinity_metric,
+                          align=cfg.data.affinity_align)

@@ -1,0 +1,189 @@
+"""Run directories: what a trained run leaves on disk, and evaluating it.
+
+A run directory holds::
+
+    config.yaml          the fully resolved config
+    provenance.json      affvae version, git commit, command line, seed, time
+    run.json             input shape, classes, epochs done, wall time, device
+    model.pt             the state dict (load with weights_only=True)
+    history.csv          one row per epoch: train_/val_ terms, val_accuracy, weights
+    affinity.csv         the affinity matrix used (when gamma > 0)
+    latent_map.parquet   class, n, spread, centre (from the training split's mu)
+    embeddings.parquet   path, class, split, mu_*, pose_* (and the true pose if known)
+    metrics.json         evaluation of the test split and the unseen classes
+    predictions.csv      path,label,predicted,distance
+    figures/             embedding, confusion, proximity, traversal, interpolation, pose sweep
+    checkpoints/         the newest training checkpoints
+
+Everything is written atomically; evaluation is a pure function of the model,
+the latent map and the items, so ``affvae evaluate`` on new data writes the same
+files into its own folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from affvae.config import Config, load_config, save_config
+from affvae.errors import AffvaeError
+from affvae.latent_map import LatentMap
+from affvae.provenance import atomic_save, atomic_write, write_provenance
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with atomic_write(path) as fh:
+        json.dump(obj, fh, indent=2, default=str)
+        fh.write("\n")
+
+
+def _write_csv(path: Path, header: Sequence[str], rows) -> None:
+    with atomic_write(path) as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def write_embeddings(path: Path, paths, labels, split, mu, pose, true_pose=None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols: dict[str, Any] = {"path": list(map(str, paths)), "class": list(map(str, labels)),
+                            "split": list(map(str, split))}
+    for d in range(mu.shape[1]):
+        cols[f"mu_{d}"] = mu[:, d].astype(np.float32)
+    for d in range(pose.shape[1]):
+        cols[f"pose_{d}"] = pose[:, d].astype(np.float32)
+    if true_pose is not None:
+        tp = np.asarray(true_pose, dtype=np.float32).reshape(len(mu), -1)
+        names = ["angle"] if tp.shape[1] == 1 else ["rot", "tilt", "psi"]
+        for d, n in enumerate(names):
+            cols[f"true_{n}"] = tp[:, d]
+    atomic_save(path, lambda tmp: pq.write_table(pa.table(cols), tmp))
+
+
+def read_embeddings(path: str | os.PathLike):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pandas()
+
+
+def evaluate_items(model, latent_map: LatentMap, x: np.ndarray, labels: np.ndarray, paths: Sequence[str],
+                   out_dir: str | os.PathLike, seen_classes: Sequence[str], *, classifier: str = "nearest",
+                   train_mu: np.ndarray | None = None, train_labels: np.ndarray | None = None,
+                   angles: np.ndarray | None = None, embedding: str = "auto", figures: bool = True,
+                   seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """Encode ``x``, classify by the latent map and write metrics, predictions and figures."""
+    from affvae.evaluate import confusion, evaluate_latents, proximity_matrix
+    from affvae.train import encode_all
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    mu, _, pose = encode_all(model.to(device), xt, torch.device(device))
+    ang = None
+    if angles is not None and model.ndim == 2:
+        ang = np.asarray(angles, dtype=float)
+    train_pair = (train_mu, train_labels) if classifier == "mlp" else None
+    metrics, pred = evaluate_latents(mu, labels, latent_map, seen_classes, pose=pose if pose.shape[1] else None,
+                                     angles=ang, classifier=classifier, train=train_pair, seed=seed)
+    metrics["n_items"] = int(len(x))
+    _write_csv(out / "predictions.csv", ["path", "label", "predicted", "distance"],
+               ([p, lab, pr, f"{d:.6g}"] for p, lab, pr, d in
+                zip(paths, labels, pred["predicted"], pred["distance"])))
+    _write_json(out / "metrics.json", metrics)
+    if figures and len(x):
+        from affvae import figures as F
+        from affvae.embed import embed
+        from affvae.plots import plot_confusion, plot_embedding, plot_proximity
+
+        fig = out / "figures"
+        fig.mkdir(exist_ok=True)
+        unseen = sorted(set(labels.tolist()) - set(seen_classes) - {""})
+        pts = np.concatenate([mu, latent_map.centres]) if train_mu is None else np.concatenate([mu, train_mu])
+        lab = np.concatenate([labels, latent_map.classes if train_mu is None else train_labels])
+        xy = embed(pts, method=embedding, ndim_data=model.ndim, seed=seed)
+        plot_embedding(xy, lab, fig / "embedding.png", unseen=unseen,
+                       title=f"latent mu ({embedding}); unseen: {', '.join(unseen) or 'none'}")
+        cm, rows, cols = confusion(labels, pred["predicted"], seen_classes)
+        plot_confusion(cm, rows, cols, fig / "confusion.png")
+        plot_proximity(proximity_matrix(latent_map), latent_map.classes, fig / "proximity.png")
+        ref_pose = pose if pose.shape[1] else np.zeros((len(mu), 0))
+        F.traversal(model, mu, ref_pose, fig / "traversal.png")
+        picks = [c for c in list(latent_map.classes) + unseen if (labels == c).any()][:4]
+        if len(picks) == 4:
+            corners = np.stack([mu[np.flatnonzero(labels == c)[0]] for c in picks])
+            F.interpolation(model, corners, picks, ref_pose, fig / "interpolation.png")
+        F.pose_sweep(model, latent_map.centres, latent_map.classes, ref_pose, fig / "pose_sweep.png")
+    return metrics
+
+
+def save_run(result, data, run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write a trained run's directory and evaluate its test split and unseen classes."""
+    from affvae.affinity.matrix import write_affinity_csv
+    from affvae.train import encode_all
+
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg: Config = result.cfg
+    model = result.model
+    save_config(cfg, run / "config.yaml")
+    write_provenance(run, params=cfg.to_dict(), seed=cfg.seed)
+    atomic_save(run / "model.pt", lambda tmp: torch.save(model.state_dict(), tmp))
+    _write_json(run / "run.json", {
+        "shape": list(model.shape), "classes": result.classes, "epochs_done": result.epochs_done,
+        "seconds": result.seconds, "stopped_early": result.stopped_early,
+        "output": model.output, "n_items": len(data),
+    })
+    if result.history:
+        keys = list(dict.fromkeys(k for h in result.history for k in h))
+        _write_csv(run / "history.csv", keys, ([h.get(k, "") for k in keys] for h in result.history))
+    if result.affinity is not None:
+        write_affinity_csv(result.affinity, run / "affinity.csv")
+
+    sp = result.splits
+    xt = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
+    mu, _, pose = encode_all(model, xt, torch.device("cpu"))
+    split = sp.name_of(len(data))
+    write_embeddings(run / "embeddings.parquet", data.paths, data.labels, split, mu, pose, data.poses)
+    lm = LatentMap.fit(mu[sp.train], data.labels[sp.train], result.classes)
+    lm.save(run / "latent_map.parquet")
+
+    ev = np.concatenate([sp.test, sp.unseen])
+    angles = None if data.poses is None or model.ndim != 2 else data.poses[ev]
+    metrics = evaluate_items(
+        model, lm, data.x[ev], data.labels[ev], [data.paths[i] for i in ev], run, result.classes,
+        classifier=cfg.eval.classifier, train_mu=mu[sp.train], train_labels=data.labels[sp.train],
+        angles=angles, embedding=cfg.eval.embedding, figures=cfg.eval.figures, seed=cfg.seed)
+    metrics["train_seconds"] = result.seconds
+    metrics["epochs_done"] = result.epochs_done
+    if result.history:
+        metrics["final_val_accuracy"] = result.history[-1].get("val_accuracy")
+    _write_json(run / "metrics.json", metrics)
+    return metrics
+
+
+def load_run(run_dir: str | os.PathLike):
+    """(cfg, model, latent_map, run_info) of a finished run directory."""
+    from affvae.model import AffinityVAE
+
+    run = Path(run_dir)
+    for name in ("config.yaml", "run.json", "model.pt", "latent_map.parquet"):
+        if not (run / name).is_file():
+            raise AffvaeError(f"{run}: not a finished run directory (missing {name})")
+    cfg = load_config(run / "config.yaml")
+    info = json.loads((run / "run.json").read_text())
+    m = cfg.model
+    model = AffinityVAE(info["shape"], m.filters, m.latent_dims, m.pose_dims, m.batch_norm, info["output"])
+    try:
+        model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
+    except Exception as e:  # noqa: BLE001
+        raise AffvaeError(f"{run / 'model.pt'}: cannot load the model ({e.__class__.__name__})") from None
+    model.eval()
+    return cfg, model, LatentMap.load(run / "latent_map.parquet"), info

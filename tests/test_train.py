@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+
+from affvae.config import build_config
+from affvae.data.sources import build_dataset
+from affvae.train import TrainingDiverged, split_indices, train
+
+SMALL = ["data.source=alphanumeric", "data.size=16", "data.glyphs=aeio", "data.n_per_class=12",
+         "model.filters=[4, 8]", "model.latent_dims=4", "train.batch_size=8", "train.epochs=4",
+         "train.checkpoint_every=1", "loss.gamma=1", "data.affinity_metric=ncc"]
+
+
+@pytest.fixture(scope="module")
+def small():
+    cfg = build_config(overrides=SMALL)
+    return cfg, build_dataset(cfg)
+
+
+def params(model):
+    return torch.cat([p.detach().flatten() for p in model.state_dict().values() if p.dtype.is_floating_point])
+
+
+def test_split_is_stratified_disjoint_and_reproducible():
+    labels = np.array(list("aaaaaaaaaabbbbbbbbbbcccc"))
+    s = split_indices(labels, ["a", "b"], 0.2, 0.2, seed=1)
+    assert len(np.intersect1d(s.train, s.val)) == 0 and len(np.intersect1d(s.train, s.test)) == 0
+    assert sorted(np.concatenate([s.train, s.val, s.test]).tolist()) == list(range(20))
+    assert (labels[s.val] == "a").sum() == 2 and (labels[s.test] == "b").sum() == 2
+    assert set(labels[s.unseen]) == {"c"}
+    s2 = split_indices(labels, ["a", "b"], 0.2, 0.2, seed=1)
+    assert np.array_equal(s.train, s2.train)
+
+
+def test_training_lowers_the_loss_and_reports_every_epoch(small):
+    cfg, ds = small
+    seen = []
+    res = train(cfg, ds, report=lambda m, ck: seen.append((m, ck)))
+    assert [m["epoch"] for m, _ in seen] == [1, 2, 3, 4]
+    h = res.history
+    assert h[-1]["train_total"] < h[0]["train_total"]
+    for key in ("train_recon", "train_kl", "train_affinity", "val_total", "val_accuracy"):
+        assert np.isfinite(h[-1][key]), key
+    assert res.affinity is not None and res.affinity.classes == ("a", "e", "i", "o")
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(small, tmp_path):
+    cfg, ds = small
+    full = train(cfg, ds, checkpoint_dir=tmp_path / "full")
+    half_cfg = build_config(overrides=SMALL + ["train.epochs=2"])
+    train(half_cfg, ds, checkpoint_dir=tmp_path / "resumed")
+    resumed = train(cfg, ds, checkpoint_dir=tmp_path / "resumed", resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert torch.allclose(params(full.model), params(resumed.model), atol=1e-6)
+    assert resumed.history[-1]["train_total"] == pytest.approx(full.history[-1]["train_total"], rel=1e-5)
+
+
+def test_nan_loss_stops_with_epoch_and_term(small):
+    cfg, ds = small
+    bad_cfg = build_config(overrides=SMALL + ["data.normalise=none", "model.output=linear"])
+    bad = build_dataset(bad_cfg)
+    bad.x = bad.x * np.float32(1e30)
+    with pytest.raises(TrainingDiverged, match=r"epoch 1: the recon loss became (inf|nan)"):
+        train(bad_cfg, bad)
+
+
+def test_gamma_zero_trains_without_an_affinity_matrix(small):
+    cfg, ds = small
+    res = train(build_config(overrides=SMALL + ["loss.gamma=0", "model.pose_dims=0", "train.epochs=1"]), ds)
+    assert res.affinity is None
+    assert res.history[0]["train_affinity"] == 0.0

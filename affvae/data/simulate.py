@@ -253,32 +253,37 @@ class TetraminoSimulator(Simulator):
             # integer cube edge has its faces on voxel faces (exact volumes).
             self._origin[k] = np.floor((cells.max(0) + 1) * edge / 2)
 
-    def render(self, classes: Sequence[str], poses: np.ndarray) -> np.ndarray:
+    def render(self, classes: Sequence[str], poses: np.ndarray, chunk: int = 16) -> np.ndarray:
+        """Exact partial-volume rendering, as one sampling kernel per chunk of items.
+
+        The cube occupancy grid is itself a tiny volume (one voxel per cube cell), so
+        "which cell holds this point" is a nearest-neighbour lookup into it.  Each of
+        the ``supersample**3`` points of every output voxel is mapped into the object
+        frame by one affine transform per item (``affine_grid``), looked up with
+        ``grid_sample(mode="nearest")`` and averaged back to voxels.
+        """
         self._check_classes(classes)
         idx = torch.tensor([self.classes.index(c) for c in classes])
         R = torch.from_numpy(euler_to_matrix(poses)).float()  # (N, 3, 3)
         n, s, ss = len(classes), self.size, self.supersample
         edge = torch.tensor([self.cube * self.elongation, self.cube, self.cube])
-        grid = torch.from_numpy(self._grid)[idx]  # (N, 6, 6, 6)
-        origin = torch.from_numpy(self._origin).float()[idx]  # (N, 3)
-        ax = torch.arange(s, dtype=torch.float32) - s / 2
-        z, y, x = torch.meshgrid(ax, ax, ax, indexing="ij")
-        corners = torch.stack([x, y, z], -1).reshape(-1, 3)  # voxel low corners, (x, y, z)
-        out = torch.zeros(n, s**3)
-        flat = grid.reshape(n, -1)
-        # object frame: p = R^T u + origin (row vectors: u @ R); linear in u, so the
-        # sub-voxel offsets are added to one transformed grid of voxel corners.
-        base = (torch.einsum("vi,nij->nvj", corners, R) + origin[:, None, :]) / edge
-        sub = (torch.arange(ss, dtype=torch.float32) + 0.5) / ss
-        offsets = torch.cartesian_prod(sub, sub, sub)  # (ss**3, 3) as (x, y, z)
-        shifts = torch.einsum("ki,nij->nkj", offsets, R) / edge  # (N, ss**3, 3)
-        for k in range(offsets.shape[0]):
-            cell = torch.floor(base + shifts[:, k:k + 1, :]).to(torch.int32) + 1
-            ok = ((cell >= 0) & (cell < 6)).all(-1)
-            cell = cell.clamp(0, 5)
-            lin = (cell[..., 0] * 6 + cell[..., 1]) * 6 + cell[..., 2]
-            out += (torch.gather(flat, 1, lin.long()) & ok).float()
-        return (out / ss**3).reshape(n, s, s, s).numpy()
+        # occupancy as (N, 1, z, y, x) volumes of 6^3 cells
+        occ = torch.from_numpy(self._grid).permute(0, 3, 2, 1).float()[idx].unsqueeze(1)
+        origin = torch.from_numpy(self._origin).float()[idx]  # (N, 3) in voxels, (x, y, z)
+        # output normalised coordinate v in [-1, 1] -> voxel offset from the box centre
+        # u = v * s / 2 -> object frame p = R^T u + origin -> cell coordinate p / edge
+        # -> occupancy normalised coordinate (p / edge + 1) / 3 - 1 (cells -1..4 span 6)
+        A = (R.transpose(1, 2) * (s / 2)) / edge[None, :, None] / 3
+        b = (origin / edge + 1) / 3 - 1
+        theta = torch.cat([A, b.unsqueeze(2)], dim=2)
+        out = []
+        for k in range(0, n, chunk):
+            th = theta[k:k + chunk]
+            grid = F.affine_grid(th, (len(th), 1, s * ss, s * ss, s * ss), align_corners=False)
+            fine = F.grid_sample(occ[k:k + chunk], grid, mode="nearest", padding_mode="zeros",
+                                 align_corners=False)
+            out.append(F.avg_pool3d(fine, ss).squeeze(1) if ss > 1 else fine.squeeze(1))
+        return torch.cat(out).numpy() if out else np.zeros((0, s, s, s), np.float32)
 
 
 SIMULATORS = {"alphanumeric": AlphanumericSimulator, "tetramino": TetraminoSimulator}

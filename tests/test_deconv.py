@@ -1,0 +1,32 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from affvae.deconv import ConvTranspose2x
+
+
+@pytest.mark.parametrize("nd, shape, cout", [(2, (3, 5, 8, 8), 2), (3, (2, 4, 6, 6, 6), 1), (2, (2, 3, 7, 9), 4)])
+def test_phase_deconv_equals_conv_transpose_forward_and_backward(nd, shape, cout):
+    torch.manual_seed(0)
+    fast = ConvTranspose2x(nd, shape[1], cout).double()
+    ref = (nn.ConvTranspose2d if nd == 2 else nn.ConvTranspose3d)(shape[1], cout, 4, 2, 1).double()
+    with torch.no_grad():
+        ref.weight.copy_(fast.weight)
+        ref.bias.copy_(fast.bias)
+    x = torch.randn(*shape, dtype=torch.double)
+    xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yf, yr = fast(xf), ref(xr)
+    assert yf.shape == yr.shape == (shape[0], cout, *(2 * s for s in shape[2:]))
+    assert torch.allclose(yf, yr, atol=1e-12)
+    g = torch.randn_like(yr)
+    gf = torch.autograd.grad(yf, [xf, fast.weight, fast.bias], g)
+    gr = torch.autograd.grad(yr, [xr, ref.weight, ref.bias], g)
+    for a, b in zip(gf, gr):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_gradcheck():
+    torch.manual_seed(1)
+    m = ConvTranspose2x(3, 2, 1).double()
+    x = torch.randn(1, 2, 3, 3, 3, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: m(t), (x,))

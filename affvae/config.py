@@ -56,8 +56,21 @@ class DataConfig(_Section):
     glyphs: str = "aebdpijzkxu2"
     shapes: list[str] = Field(default_factory=lambda: ["I", "O", "T", "L", "S", "branch", "screwR", "screwL"])
     fused: list[str] = Field(default_factory=list)  # e.g. ["L+T"]
+    fuse_mode: Literal["union", "blend"] = "union"
     cube: float | None = Field(default=None, gt=0)
     elongation: float = Field(default=1.0, gt=0)
+    #: training-time augmentation: "octahedral" rotates each 3D training item by a random
+    #: one of the 24 cube symmetries every epoch (exact; for uniform or grid rotations)
+    augment: Literal["none", "octahedral"] = "none"
+    #: render training items on the fly (fresh poses every epoch for simulated data;
+    #: files read per batch for folders), locally or with Ray Data
+    stream: bool = False
+    #: random rotation of folder items when streamed (simulated items have their own poses)
+    rotate_files: bool = False
+    #: imaging effects on every item: additive Gaussian noise at this signal-to-noise
+    #: (variance) ratio, and removal of the missing wedge of a +-wedge degree tilt series
+    snr: float | None = Field(default=None, gt=0)
+    wedge: float | None = Field(default=None, gt=0, lt=90)
     #: per-item intensity normalisation: minmax to [0, 1], standard (z-score), none
     normalise: Literal["minmax", "standard", "none"] = "minmax"
     #: affinity CSV; if unset, the folder's affinity*.csv, else computed with ``affinity_metric``
@@ -71,6 +84,8 @@ class DataConfig(_Section):
     def _check(self):
         if self.source == "folder" and not self.path:
             raise ValueError("data.path is required when data.source is 'folder'")
+        if self.augment == "octahedral" and self.source == "alphanumeric":
+            raise ValueError("data.augment: octahedral is for 3D volumes, not 2D glyphs")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction must leave at least 10% to train")
         return self

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from affvae.affinity.matrix import AffinityMatrix
+from affvae.data.augment import random_octahedral
 from affvae.data.io import Dataset
 from affvae.errors import AffvaeError, DataError
 from affvae.losses import loss_terms, schedule_value
@@ -218,6 +219,9 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
 
     epochs = cfg.train.epochs
     lc = cfg.loss
+    augment = cfg.data.augment == "octahedral"
+    if augment and data.x.ndim != 4:
+        raise DataError("data.augment: octahedral needs 3D volumes")
     bar = None
     if progress:
         from tqdm import tqdm
@@ -234,7 +238,10 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
         n_seen = 0
         mu_parts, y_parts = [], []
         for idx in _batches(splits.train, cfg.train.batch_size, gen):
-            x = x_all.index_select(0, idx).to(device, non_blocking=True)
+            x = x_all.index_select(0, idx)
+            if augment:
+                x = random_octahedral(x, gen)
+            x = x.to(device, non_blocking=True)
             yc = y_all[idx].to(device, non_blocking=True)
             autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
             with autocast:

@@ -142,3 +142,11 @@ def test_unknown_glyph_and_shape_are_rejected():
     with pytest.raises(DataError, match="'Q'"):
         TetraminoSimulator(shapes=["Q"])
     assert set(PAPER_GLYPHS) <= set(ALL_GLYPHS)
+
+
+def test_blend_fusion_averages_the_parents():
+    sim = TetraminoSimulator(size=32, cube=4, fused=[("L", "T")], fuse_mode="blend")
+    lt = sim.template("LT")
+    assert lt.sum() == 4 * 4**3  # mean of two 4-cube pieces
+    assert set(np.unique(lt)) == {0.0, 0.5, 1.0}
+    assert np.allclose(lt, (sim.template("L") + sim.template("T")) / 2)

@@ -41,6 +41,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated tetracubes (default: all eight)")
     t.add_argument("--fuse", type=_fused, action="append", default=[],
                    help="add the union of two tetracubes as a class, e.g. L+T (class LT); repeatable")
+    t.add_argument("--fuse-mode", choices=["union", "blend"], default="union",
+                   help="fused class: union of the parents, or the mean of their densities (default union)")
     t.add_argument("--cube", type=float, help="cube edge in voxels (default size/6)")
     t.add_argument("--elongation", type=float, default=1.0, help="stretch cubes along x (default 1)")
     t.add_argument("--rotation", choices=["uniform", "grid", "none"], default="uniform",
@@ -57,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
         sim = TetraminoSimulator(size=args.size or 32, shapes=shapes, cube=args.cube,
-                                 elongation=args.elongation, fused=args.fuse,
+                                 elongation=args.elongation, fused=args.fuse, fuse_mode=args.fuse_mode,
                                  rotation=args.rotation, supersample=args.supersample)
     unseen = [u.strip() for u in args.unseen.split(",") if u.strip()]
     if len(unseen) >= len(sim.classes):

@@ -12,6 +12,7 @@ classes are evaluated into metrics.json, predictions.csv and figures/.
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -20,6 +21,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. loss.gamma=3 (repeatable)")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+
+
+def _log_epoch(m: dict, checkpoint) -> None:
+    """One line per epoch when stderr is not a terminal (logs, nohup, CI)."""
+    acc = m.get("val_accuracy")
+    print(f"epoch {m['epoch']}: train_total {m['train_total']:.4g} val_total {m.get('val_total', float('nan')):.4g} "
+          f"val_accuracy {acc if acc is None else round(acc, 4)} ({m['epoch_seconds']:.1f} s)",
+          file=sys.stderr, flush=True)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -41,7 +50,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"data: {len(data)} items of {'x'.join(map(str, data.shape))}, train on "
           f"{', '.join(data.classes)}; unseen: "
           f"{', '.join(sorted(set(data.labels.tolist()) - set(data.classes))) or 'none'}")
-    result = train(cfg, data, checkpoint_dir=out / "checkpoints", resume=args.resume, progress=True)
+    result = train(cfg, data, checkpoint_dir=out / "checkpoints", resume=args.resume,
+                   progress=sys.stderr.isatty(), report=None if sys.stderr.isatty() else _log_epoch)
     metrics = save_run(result, data, out)
     acc = metrics.get("accuracy")
     line = f"trained {result.epochs_done} epochs in {result.seconds:.0f} s; test accuracy {acc:.3f}" \

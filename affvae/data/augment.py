@@ -81,3 +81,92 @@ def resize_to_box(x, size: int):
     mode = "bilinear" if nd == 2 else "trilinear"
     out = F.interpolate(t, size=(size,) * nd, mode=mode, align_corners=False).squeeze(1)
     return out.numpy() if was_numpy else out
+
+
+def _octahedral_ops() -> list[tuple[tuple[int, int, int], tuple[int, ...]]]:
+    """The 24 proper rotations of a cube as (axis permutation, flipped axes).
+
+    A permutation of the three axes with some of them reversed is a signed
+    permutation matrix; it is a rotation (not a mirror) exactly when its
+    determinant is +1.
+    """
+    import itertools
+
+    ops = []
+    for perm in itertools.permutations(range(3)):
+        P = np.eye(3)[list(perm)]
+        for signs in itertools.product((1, -1), repeat=3):
+            if np.linalg.det(P * np.array(signs)[:, None]) > 0:
+                ops.append((perm, tuple(i for i, s in enumerate(signs) if s < 0)))
+    return ops
+
+
+OCTAHEDRAL = _octahedral_ops()
+
+
+def random_octahedral(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate each volume of ``(N, D, H, W)`` or ``(N, 1, D, H, W)`` by a random cube symmetry.
+
+    Exact (a permutation of voxels, no interpolation) and distribution-preserving for
+    data whose orientations are uniform over SO(3) or on a 90-degree-compatible grid,
+    so it multiplies the distinct training views by up to 24 at almost no cost.
+    Mirror images are never produced, so chiral shapes keep their hand.  One
+    permute/flip per symmetry present in the batch, not one per item.
+    """
+    lead = x.dim() - 3
+    choice = torch.randint(0, len(OCTAHEDRAL), (x.shape[0],), generator=generator)
+    out = torch.empty_like(x)
+    for k in choice.unique().tolist():
+        idx = (choice == k).nonzero().squeeze(1)
+        perm, flips = OCTAHEDRAL[k]
+        v = x.index_select(0, idx).permute(*range(lead), *(lead + p for p in perm))
+        if flips:
+            v = v.flip([lead + f for f in flips])
+        out.index_copy_(0, idx, v)
+    return out
+
+
+def add_noise(x: torch.Tensor, snr: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Add white Gaussian noise at a signal-to-noise ratio (variance ratio) per item.
+
+    The noise variance of each item is its own signal variance divided by ``snr``, as
+    in cryo-ET simulation studies: SNR 1 means noise as strong as the signal.
+    """
+    if snr <= 0:
+        raise ValueError(f"snr {snr}: expected a positive ratio")
+    var = x.flatten(1).var(1, unbiased=False).clamp_min(1e-12)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return x + noise * (var / snr).sqrt().view(shape)
+
+
+def wedge_mask(size: int, tilt_max: float = 60.0, axis: str = "y") -> torch.Tensor:
+    """Boolean rfft mask (size, size, size//2+1) of the Fourier coefficients a tilt series measures.
+
+    A single-axis tilt series from -tilt_max to +tilt_max about ``axis`` (y by default)
+    samples the central planes within tilt_max of the beam (z) direction; the
+    missing wedge is the rest, around the z axis of Fourier space in the plane
+    normal to the tilt axis.  Arrays are indexed [z, y, x].
+    """
+    fz = torch.fft.fftfreq(size)
+    fy = torch.fft.fftfreq(size)
+    fx = torch.fft.rfftfreq(size)
+    kz, ky, kx = torch.meshgrid(fz, fy, fx, indexing="ij")
+    other = kx if axis == "y" else ky
+    # a coefficient is measured when its angle from the kx (or ky) axis in the
+    # plane normal to the tilt axis is at most tilt_max: |kz| <= tan(tilt) |k_other|
+    measured = kz.abs() <= torch.tan(torch.deg2rad(torch.tensor(tilt_max))) * other.abs() + 1e-9
+    measured[0, :, 0] = True  # keep the tilt axis line (and the mean)
+    return measured
+
+
+def missing_wedge(x: torch.Tensor, tilt_max: float = 60.0, axis: str = "y") -> torch.Tensor:
+    """Remove the Fourier coefficients a +-tilt_max tilt series does not measure (batched FFT)."""
+    if x.dim() != 4:
+        raise ValueError("missing_wedge needs volumes (N, D, H, W)")
+    size = x.shape[-1]
+    if not (x.shape[1] == x.shape[2] == size):
+        raise ValueError(f"missing_wedge needs cubic volumes, got {tuple(x.shape[1:])}")
+    F_ = torch.fft.rfftn(x, dim=(1, 2, 3))
+    F_ = F_ * wedge_mask(size, tilt_max, axis).to(x.device)
+    return torch.fft.irfftn(F_, s=x.shape[1:], dim=(1, 2, 3)).to(x.dtype)

@@ -207,8 +207,11 @@ class TetraminoSimulator(Simulator):
 
     ``cube``: cube edge in voxels (default ``size/6`` so any rotated piece fits);
     ``elongation``: cubes are stretched by this factor along the object's x axis;
-    ``fused``: pairs of parent shapes whose union becomes an extra class named by
+    ``fused``: pairs of parent shapes combined into an extra class named by
     concatenating the parents ("L"+"T" -> "LT"), e.g. a novel class to hold out;
+    ``fuse_mode``: "union" (every cube of either parent, density 1) or "blend" (the
+    mean of the two parents' densities: shared cubes 1, the others 0.5), both with
+    the parents in their canonical placement;
     ``supersample``: points per voxel edge for partial-volume (anti-aliased) voxels.
     """
 
@@ -217,6 +220,7 @@ class TetraminoSimulator(Simulator):
     cube: float | None = None
     elongation: float = 1.0
     fused: Sequence[tuple[str, str]] = ()
+    fuse_mode: str = "union"
     rotation: str = "uniform"
     supersample: int = 2
     ndim: int = field(default=3, init=False)
@@ -228,14 +232,19 @@ class TetraminoSimulator(Simulator):
         self.cube = float(self.cube) if self.cube else float(round(self.size / 6))
         if self.cube <= 0 or self.elongation <= 0:
             raise DataError("cube edge and elongation must be positive")
+        if self.fuse_mode not in ("union", "blend"):
+            raise DataError(f"fuse_mode {self.fuse_mode!r}: expected union or blend")
         self._cells: dict[str, np.ndarray] = {s: np.array(TETRACUBES[s]) for s in self.shapes}
+        density: dict[str, np.ndarray] = {s: np.ones(len(c)) for s, c in self._cells.items()}
         for pair in self.fused:
             a, b = pair
             for p in (a, b):
                 if p not in TETRACUBES:
                     raise DataError(f"fused parent {p!r} is not a tetracube ({', '.join(TETRACUBES)})")
-            cells = np.unique(np.concatenate([TETRACUBES[a], TETRACUBES[b]]), axis=0)
+            both = np.concatenate([TETRACUBES[a], TETRACUBES[b]])
+            cells, counts = np.unique(both, axis=0, return_counts=True)
             self._cells[f"{a}{b}"] = cells
+            density[f"{a}{b}"] = np.ones(len(cells)) if self.fuse_mode == "union" else counts / 2.0
         self.classes = tuple(self._cells)
         edge = self.cube * np.array([self.elongation, 1.0, 1.0])
         reach = max(np.linalg.norm((c.max(0) + 1) * edge) / 2 for c in self._cells.values())
@@ -245,10 +254,10 @@ class TetraminoSimulator(Simulator):
                 f"{self.size}: lower cube ({self.cube:g}) or elongation ({self.elongation:g})"
             )
         # Occupancy grids padded by one empty cell on every side so lookups never wrap.
-        self._grid = np.zeros((len(self.classes), 6, 6, 6), dtype=bool)
+        self._grid = np.zeros((len(self.classes), 6, 6, 6), dtype=np.float32)
         self._origin = np.zeros((len(self.classes), 3))
-        for k, cells in enumerate(self._cells.values()):
-            self._grid[k, cells[:, 0] + 1, cells[:, 1] + 1, cells[:, 2] + 1] = True
+        for k, (name, cells) in enumerate(self._cells.items()):
+            self._grid[k, cells[:, 0] + 1, cells[:, 1] + 1, cells[:, 2] + 1] = density[name]
             # Object-frame centre snapped to whole voxels, so an unrotated piece with an
             # integer cube edge has its faces on voxel faces (exact volumes).
             self._origin[k] = np.floor((cells.max(0) + 1) * edge / 2)

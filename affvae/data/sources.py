@@ -28,7 +28,8 @@ def make_simulator(d):
             raise ConfigError(f"data.fused: {f!r}: expected two tetracubes joined by '+', e.g. L+T")
         fused.append((parts[0], parts[1]))
     return TetraminoSimulator(size=d.size or 32, shapes=d.shapes, cube=d.cube,
-                              elongation=d.elongation, fused=fused, rotation=d.rotation)
+                              elongation=d.elongation, fused=fused, fuse_mode=d.fuse_mode,
+                              rotation=d.rotation)
 
 
 def normalise(x: np.ndarray, how: str) -> np.ndarray:
@@ -43,6 +44,28 @@ def normalise(x: np.ndarray, how: str) -> np.ndarray:
         mean, sd = flat.mean(1, keepdims=True), flat.std(1, keepdims=True)
         out = (flat - mean) / np.where(sd > 0, sd, 1.0)
     return out.reshape(x.shape).astype(np.float32)
+
+
+def imaging_effects(x: np.ndarray, d, seed: int, chunk: int = 256) -> np.ndarray:
+    """Missing wedge then noise at an SNR, as configured (batched, reproducible from seed)."""
+    if d.wedge is None and d.snr is None:
+        return x
+    import torch
+
+    from affvae.data.augment import add_noise, missing_wedge
+
+    g = torch.Generator().manual_seed(seed + 1)
+    out = []
+    for s in range(0, len(x), chunk):
+        t = torch.from_numpy(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32))
+        if d.wedge is not None:
+            if t.dim() != 4:
+                raise ConfigError("data.wedge: a missing wedge applies to 3D volumes only")
+            t = missing_wedge(t, d.wedge)
+        if d.snr is not None:
+            t = add_noise(t, d.snr, g)
+        out.append(t.numpy())
+    return np.concatenate(out) if out else x
 
 
 def build_dataset(cfg, progress: bool = False) -> Dataset:
@@ -76,6 +99,7 @@ def build_dataset(cfg, progress: bool = False) -> Dataset:
         )
     if not ds.classes:
         raise ConfigError("data: no classes left to train on")
+    ds.x = imaging_effects(ds.x, d, cfg.seed)
     ds.x = normalise(ds.x, d.normalise)
     ds.templates = {c: normalise(t[None], d.normalise)[0] for c, t in ds.templates.items()}
     return ds

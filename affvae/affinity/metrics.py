@@ -60,7 +60,9 @@ def _as_tensor(X) -> torch.Tensor:
         raise DataError(
             f"expected a batch of 2D images (N,H,W) or 3D volumes (N,D,H,W), got shape {tuple(t.shape)}"
         )
-    if not torch.isfinite(t).all():
+    # A NaN or Inf voxel makes its object's sum non-finite: one cheap pass, and the
+    # full elementwise check only to name the offending object.
+    if not torch.isfinite(t.flatten(1).sum(1, dtype=torch.float64)).all():
         bad = int((~torch.isfinite(t)).flatten(1).any(1).nonzero()[0, 0])
         raise DataError(f"object {bad} has NaN or Inf values")
     return t.to(torch.float64)
@@ -73,7 +75,7 @@ def _as_tensor(X) -> torch.Tensor:
 class ShellSpectra:
     """Fourier coefficients grouped by shell, as real ``[Re, Im]`` rows per object."""
 
-    coeffs: torch.Tensor  # (N, 2K): per shell, a contiguous block [Re..., Im...]
+    coeffs: torch.Tensor  # (N, 2K): shell by shell, interleaved (Re, Im) of each coefficient
     bounds: list[tuple[int, int]]  # per shell, (start, stop) of its block in ``coeffs``
     power: torch.Tensor  # (N, S) summed |F|^2 per shell (full-spectrum counts)
     counts: torch.Tensor  # (S,) coefficients per shell in the full spectrum
@@ -107,21 +109,24 @@ def fsc_prepare(X) -> ShellSpectra:
     F = torch.fft.rfftn(X, dim=dims)
     shell, mult = shell_index(shape)
     nyq = shape[0] // 2
-    keep = (shell <= nyq).flatten()
-    shell_f = shell.flatten()[keep]
-    order = torch.argsort(shell_f, stable=True)
+    shell_f = shell.flatten()
+    keep = (shell_f <= nyq).nonzero().squeeze(1)
+    order = keep[torch.argsort(shell_f[keep], stable=True)]
     shell_sorted = shell_f[order]
-    w = mult.flatten()[keep][order]
-    F = F.reshape(F.shape[0], -1)[:, keep][:, order] * torch.sqrt(w)
+    w = mult.flatten()[order]
+    # One gather of the kept coefficients in shell order (numpy's take is the fastest
+    # gather here), viewed as interleaved (Re, Im) pairs: the real part of a
+    # cross-spectrum, sum Re_a Re_b + Im_a Im_b, is then a plain dot product over a
+    # shell's slice, one matrix product per shell.
+    n_obj = F.shape[0]
+    gathered = np.take(F.reshape(n_obj, -1).numpy(), order.numpy(), axis=1)
+    coeffs = torch.from_numpy(gathered.view(np.float64))
+    coeffs.mul_(torch.sqrt(w).repeat_interleave(2))
     counts = torch.bincount(shell_sorted, weights=w, minlength=nyq + 1)
-    edges = torch.searchsorted(shell_sorted, torch.arange(nyq + 2))
-    bounds = [(int(edges[s]), int(edges[s + 1])) for s in range(nyq + 1)]
-    p = F.real**2 + F.imag**2
-    power = torch.stack([p[:, a:b].sum(1) for a, b in bounds], 1)
-    # Lay each shell out as one contiguous [Re, Im] block, so that the cross-spectrum
-    # of a shell is a single real matrix product over a slice (no copies per pair).
-    coeffs = torch.cat([t for a, b in bounds for t in (F.real[:, a:b], F.imag[:, a:b])], 1)
-    bounds = [(2 * a, 2 * b) for a, b in bounds]
+    edges = torch.searchsorted(shell_sorted, torch.arange(nyq + 2)).tolist()
+    bounds = [(2 * edges[s], 2 * edges[s + 1]) for s in range(nyq + 1)]
+    power = torch.stack([torch.einsum("ij,ij->i", coeffs[:, a:b], coeffs[:, a:b])
+                         for a, b in bounds], 1)
     return ShellSpectra(coeffs, bounds, power, counts, shape)
 
 

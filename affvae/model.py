@@ -100,10 +100,13 @@ class AffinityVAE(nn.Module):
         y = self.decoder(h).squeeze(1)
         return torch.sigmoid(y) if self.output == "sigmoid" else y
 
-    def forward(self, x: torch.Tensor, sample: bool = True):
+    def forward(self, x: torch.Tensor, sample: bool = True, eps: torch.Tensor | None = None):
+        """Encode, sample z = mu + eps * sigma (``eps`` standard normal, drawn if not
+        given) and decode; with ``sample=False`` z = mu."""
         mu, logvar, pose = self.encode(x)
         if sample:
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            eps = torch.randn_like(mu) if eps is None else eps.to(mu.dtype)
+            z = mu + eps * torch.exp(0.5 * logvar)
         else:
             z = mu
         return self.decode(z, pose), mu, logvar, pose, z

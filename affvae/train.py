@@ -11,6 +11,16 @@ every ``train.checkpoint_every`` epochs and at the end; with ``resume=True`` the
 run continues from the newest one and gives the same result as an uninterrupted
 run with the same seed.  A NaN or Inf loss stops the run with
 :class:`TrainingDiverged`, naming the epoch and the term.
+
+Data-parallel: when a ``torch.distributed`` process group is up (Ray Train's
+TorchTrainer starts one, gloo on CPU and NCCL on GPU) the model is wrapped in
+DistributedDataParallel and every rank takes its share of each global batch
+(``train.batch_size`` items, rank r taking items r, r + W, ...), so W workers step
+exactly like one process on the same global batch when the loss is a per-item mean
+(gamma = 0 and no batch norm; the affinity term pairs items within each rank's
+share only).  Logged sums and class centres are summed over ranks; only rank 0
+writes checkpoints.  ``batches`` replaces the in-memory training batches, e.g. by a
+stream that renders fresh items every epoch (:mod:`affvae.data.stream`).
 """
 
 from __future__ import annotations
@@ -38,6 +48,26 @@ TERMS = ("recon", "kl", "affinity", "total")
 
 class TrainingDiverged(AffvaeError):
     """A loss term became NaN or Inf."""
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_sum(t: torch.Tensor, world: int, device: torch.device | None = None) -> torch.Tensor:
+    """Sum a CPU tensor over ranks (through ``device``: NCCL needs CUDA tensors)."""
+    if world == 1:
+        return t
+    import torch.distributed as dist
+
+    d = t.to(device) if device is not None else t
+    dist.all_reduce(d, op=dist.ReduceOp.SUM)
+    return d.cpu()
 
 
 @dataclass
@@ -107,7 +137,7 @@ def _checkpoint_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("epoch_*.pt"))
 
 
-def save_checkpoint(directory: Path, epoch: int, model, opt, scaler, history) -> Path:
+def save_checkpoint(directory: Path, epoch: int, model, opt, scaler, history, restarts: int = 0) -> Path:
     from affvae.provenance import atomic_save
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -117,6 +147,7 @@ def save_checkpoint(directory: Path, epoch: int, model, opt, scaler, history) ->
         "optimizer": opt.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "history": history,
+        "restarts": restarts,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -134,13 +165,14 @@ def load_checkpoint(path: Path) -> dict:
         raise AffvaeError(f"{path}: cannot read checkpoint ({e.__class__.__name__}: {e})") from None
 
 
-def _batches(idx: np.ndarray, batch_size: int, generator: torch.Generator | None):
+def _batches(idx: np.ndarray, batch_size: int, generator: torch.Generator | None, world: int = 1):
+    """Shuffled global batches; a last batch too small to share among ranks is dropped."""
     order = torch.as_tensor(idx)
     if generator is not None:
         order = order[torch.randperm(len(order), generator=generator)]
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        if len(chunk) >= 2 or generator is None:
+        if len(chunk) >= 2 * world or generator is None:
             yield chunk
 
 
@@ -158,26 +190,33 @@ def encode_all(model: AffinityVAE, x: torch.Tensor, device, batch_size: int = 25
     return cat(mus), cat(lvs), (torch.cat(poses).numpy() if poses else np.zeros((0, model.pose_dims)))
 
 
-def _nearest_centre_accuracy(mu_train, y_train, mu_val, y_val, n_classes) -> float:
-    """Accuracy of nearest class centre (centres from the training pass)."""
+def _nearest_centre_accuracy(mu_train, y_train, mu_val, y_val, n_classes, world: int = 1,
+                             device: torch.device | None = None) -> float:
+    """Accuracy of nearest class centre (centres from the training pass, over all ranks)."""
     if len(y_val) == 0:
         return float("nan")
     sums = torch.zeros(n_classes, mu_train.shape[1]).index_add_(0, y_train, mu_train)
-    counts = torch.bincount(y_train, minlength=n_classes).clamp_min(1).unsqueeze(1)
-    centres = sums / counts
+    counts = torch.bincount(y_train, minlength=n_classes).double()
+    sums, counts = _all_sum(sums, world, device), _all_sum(counts, world, device)
+    centres = sums / counts.clamp_min(1).unsqueeze(1).float()
     pred = torch.cdist(mu_val, centres).argmin(1)
     return float((pred == y_val).float().mean())
 
 
 def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None = None,
           checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
-          affinity: AffinityMatrix | None = None, progress: bool = False) -> TrainResult:
+          affinity: AffinityMatrix | None = None, progress: bool = False,
+          device: torch.device | None = None,
+          batches: Callable[[int], Any] | None = None) -> TrainResult:
     """Train an affinity-VAE on ``data`` as ``cfg`` says.
 
     ``report(metrics, checkpoint)`` is called after every epoch with the epoch's
     logs (``train_*``/``val_*`` terms, ``val_accuracy``, weights, timing) and the
     checkpoint written at that epoch, if any.  ``affinity`` defaults to the one
-    :func:`affvae.data.sources.resolve_affinity` finds for ``cfg``.
+    :func:`affvae.data.sources.resolve_affinity` finds for ``cfg``.  ``device``
+    overrides ``train.device`` (Ray Train passes each worker's).  ``batches(epoch)``,
+    if given, yields this rank's ``(x, class index)`` training batches of an epoch
+    in place of the in-memory split.
     """
     from affvae.data.sources import resolve_affinity
 
@@ -185,7 +224,8 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     _seed_everything(cfg.seed)
-    device = choose_device(cfg)
+    device = device if device is not None else choose_device(cfg)
+    rank, world = dist_info()
     use_amp = device.type == "cuda" and cfg.train.amp != "off"
     classes = list(data.classes)
     if affinity is None:
@@ -200,10 +240,16 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
         x_all = x_all.pin_memory()
 
     model = build_model(cfg, data.shape).to(device)
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     history: list[dict[str, float]] = []
     start_epoch = 0
+    restarts = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     if resume and ckpt_dir is not None and _checkpoint_files(ckpt_dir):
         state = load_checkpoint(_checkpoint_files(ckpt_dir)[-1])
@@ -213,6 +259,7 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
             scaler.load_state_dict(state["scaler"])
         history = list(state["history"])
         start_epoch = int(state["epoch"])
+        restarts = int(state.get("restarts", 0)) + 1
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -222,6 +269,37 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
     augment = cfg.data.augment == "octahedral"
     if augment and data.x.ndim != 4:
         raise DataError("data.augment: octahedral needs 3D volumes")
+
+    latent = cfg.model.latent_dims
+
+    def memory_batches(epoch: int, gen: torch.Generator):
+        # the sampling noise of the global batch comes from the shared generator, so
+        # each rank's share (rows r, r + W, ...) is what one process would draw
+        for idx in _batches(splits.train, cfg.train.batch_size, gen, world):
+            eps = torch.randn(len(idx), latent, generator=gen)[rank::world]
+            idx = idx[rank::world]
+            x = x_all.index_select(0, idx)
+            if augment:
+                x = random_octahedral(x, gen)
+            yield x, y_all[idx], eps
+
+    if batches is None and cfg.data.stream:
+        from affvae.data.stream import epoch_batches_for, spec_from_config
+
+        batches = epoch_batches_for(spec_from_config(cfg, classes), data, splits.train,
+                                    cfg.train.batch_size, rank, world, engine="local")
+
+    def epoch_batches(epoch: int, gen: torch.Generator):
+        if batches is None:
+            yield from memory_batches(epoch, gen)
+            return
+        for x, yc in batches(epoch):
+            x = torch.as_tensor(x, dtype=torch.float32)
+            if x.dim() == len(data.shape) + 1:
+                x = x.unsqueeze(1)
+            if augment:
+                x = random_octahedral(x, gen)
+            yield x, torch.as_tensor(yc, dtype=torch.long), torch.randn(len(x), latent, generator=gen)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -237,18 +315,18 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
         sums = torch.zeros(len(TERMS), dtype=torch.float64)
         n_seen = 0
         mu_parts, y_parts = [], []
-        for idx in _batches(splits.train, cfg.train.batch_size, gen):
-            x = x_all.index_select(0, idx)
-            if augment:
-                x = random_octahedral(x, gen)
+        for x, yc, eps in epoch_batches(epoch, gen):
             x = x.to(device, non_blocking=True)
-            yc = y_all[idx].to(device, non_blocking=True)
+            yc = yc.to(device, non_blocking=True)
             autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
             with autocast:
-                recon, mu, logvar, pose, z = model(x.squeeze(1))
+                recon, mu, logvar, pose, z = net(x.squeeze(1), eps=eps.to(device, non_blocking=True))
             total, terms = loss_terms(x.squeeze(1), recon, mu.float(), logvar.float(), z.float(), yc, A,
                                       beta=beta, gamma=gamma, recon=lc.recon, convention=lc.convention)
-            if not torch.isfinite(total):
+            finite = torch.isfinite(total.detach()).float().reshape(1).cpu()
+            if world > 1:  # every rank stops together, or the others would wait forever
+                finite = _all_sum(finite, world, device) / world
+            if float(finite) < 1.0:
                 bad = [k for k, v in terms.items() if k != "total" and not torch.isfinite(v)]
                 which = bad[0] if bad else "total"
                 raise TrainingDiverged(
@@ -264,12 +342,15 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
             else:
                 total.backward()
                 opt.step()
-            k = len(idx)
+            k = len(yc)
             sums += torch.stack([terms[t].detach().double().cpu() for t in TERMS]) * k
             n_seen += k
             mu_parts.append(mu.detach().float().cpu())
             y_parts.append(yc.cpu())
         logs: dict[str, float] = {"epoch": epoch + 1, "beta": beta, "gamma": gamma}
+        if world > 1:
+            tot = _all_sum(torch.cat([sums, torch.tensor([float(n_seen)], dtype=torch.float64)]), world, device)
+            sums, n_seen = tot[:-1], int(tot[-1])
         logs.update({f"train_{t}": float(v) / max(n_seen, 1) for t, v in zip(TERMS, sums)})
 
         # validation: deterministic (z = mu), no autograd
@@ -292,7 +373,8 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
         if n_val:
             logs.update({f"val_{t}": float(v) / n_val for t, v in zip(TERMS, vsums)})
             logs["val_accuracy"] = _nearest_centre_accuracy(
-                torch.cat(mu_parts), torch.cat(y_parts), torch.cat(vmu), y_all[splits.val], len(classes))
+                torch.cat(mu_parts), torch.cat(y_parts), torch.cat(vmu), y_all[splits.val], len(classes),
+                world, device)
         dt = time.perf_counter() - t0
         logs["epoch_seconds"] = dt
         logs["samples_per_second"] = (n_seen + n_val) / dt if dt > 0 else float("nan")
@@ -302,8 +384,8 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
         out_of_time = bool(cfg.train.max_minutes) and elapsed_min >= cfg.train.max_minutes
         last = epoch + 1 == epochs or out_of_time
         ckpt = None
-        if ckpt_dir is not None and ((epoch + 1) % cfg.train.checkpoint_every == 0 or last):
-            ckpt = save_checkpoint(ckpt_dir, epoch + 1, model, opt, scaler, history)
+        if ckpt_dir is not None and rank == 0 and ((epoch + 1) % cfg.train.checkpoint_every == 0 or last):
+            ckpt = save_checkpoint(ckpt_dir, epoch + 1, model, opt, scaler, history, restarts)
         if report is not None:
             report(dict(logs), ckpt)
         if bar is not None:
@@ -317,4 +399,5 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
     model.eval()
     return TrainResult(cfg=cfg, model=model.cpu(), history=history, splits=splits, classes=classes,
                        affinity=affinity, seconds=time.perf_counter() - t_start,
-                       epochs_done=len(history), stopped_early=stopped_early)
+                       epochs_done=len(history), stopped_early=stopped_early,
+                       extra={"restarts": restarts})

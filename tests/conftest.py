@@ -9,3 +9,25 @@ matplotlib.use("Agg")
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("AFFVAE_CACHE_DIR", str(tmp_path / "affvae-cache"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One simulated multi-node Ray cluster for the whole test session.
+
+    A head and two worker nodes, all on this machine (``ray.cluster_utils.Cluster``),
+    with more logical CPUs than cores so Ray Train workers and Ray Data tasks fit
+    side by side.  Every Ray test connects to it; Ray starts once per session.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "include_dashboard": False, "object_store_memory": 300 * 2**20})
+    for _ in range(2):
+        cluster.add_node(num_cpus=2, object_store_memory=300 * 2**20)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()

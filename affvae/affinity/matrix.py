@@ -228,12 +228,83 @@ def class_representatives(index, metric: str = "fsc", max_members: int = MAX_MEM
     return classes, X, source
 
 
+def _block_task(X, rows: tuple[int, int], cols: tuple[int, int], metric: str) -> np.ndarray:
+    from affvae.affinity.metrics import get_metric
+
+    m = get_metric(metric)
+    fa = m.prepare(X[rows[0]:rows[1]])
+    fb = fa if rows == cols else m.prepare(X[cols[0]:cols[1]])
+    return m.compare(fa, fb).numpy()
+
+
+def _rotation_task(X, rotations: np.ndarray, metric: str) -> np.ndarray:
+    from affvae.affinity.metrics import aligned_best
+
+    return aligned_best(X, rotations, metric)
+
+
+def sharded_values(objects: np.ndarray, metric: str = "fsc", align: int = 0,
+                   shards: int | None = None, progress: bool = False) -> np.ndarray:
+    """The matrix values computed by Ray tasks: blocks of pairs, or blocks of rotations.
+
+    Plain mode: the objects are cut into row blocks and one task computes each block
+    pair (i <= j), preparing its two blocks; the lower triangle is the transpose.
+    Aligned mode: one task per block of rotations computes the best similarity over
+    its rotations; the driver takes the maximum.  The objects travel once through
+    Ray's object store.  Same values as the local path to rounding (1e-12).
+    """
+    import ray
+    from tqdm import tqdm
+
+    from affvae.affinity.metrics import get_metric, rotation_set, symmetrise_aligned
+    from affvae.distributed import ensure_ray
+
+    ensure_ray()
+    m = get_metric(metric)
+    n = len(objects)
+    shards = shards or max(2, int(ray.cluster_resources().get("CPU", 2)))
+    X = ray.put(np.ascontiguousarray(objects))
+    if align and m.rotation_sensitive:
+        rots = rotation_set(objects.ndim - 1, align)
+        parts = np.array_split(np.arange(len(rots)), min(shards, len(rots)))
+        task = ray.remote(_rotation_task)
+        refs = [task.remote(X, rots[p], metric) for p in parts if len(p)]
+        combine = "max"
+    else:
+        edges = np.linspace(0, n, min(shards, n) + 1).astype(int)
+        blocks = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+        pairs = [(r, c) for i, r in enumerate(blocks) for c in blocks[i:]]
+        task = ray.remote(_block_task)
+        refs = [task.remote(X, r, c, metric) for r, c in pairs]
+        combine = "blocks"
+    results: dict = {}
+    pending = list(refs)
+    with tqdm(total=len(refs), desc=f"{metric} on Ray", unit="task", disable=None if progress else True) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            results[done[0]] = ray.get(done[0])
+            bar.update(1)
+    if combine == "max":
+        best = np.maximum.reduce([results[r] for r in refs])
+        return symmetrise_aligned(best)
+    out = np.empty((n, n))
+    for (r, c), ref in zip(pairs, refs):
+        block = results[ref]
+        out[r[0]:r[1], c[0]:c[1]] = block
+        out[c[0]:c[1], r[0]:r[1]] = block.T
+    out = (out + out.T) / 2
+    np.fill_diagonal(out, 1.0)
+    return out
+
+
 def compute_matrix(classes: Sequence[str], objects: np.ndarray, metric: str = "fsc",
-                   align: int = 0, cache: bool = True, progress: bool = False) -> AffinityMatrix:
+                   align: int = 0, cache: bool = True, progress: bool = False,
+                   use_ray: bool = False, shards: int | None = None) -> AffinityMatrix:
     """The affinity matrix over one object per class, cached by content hash.
 
     ``align`` > 0 takes the best similarity over that many rotations of the second
-    object (see :func:`affvae.affinity.metrics.aligned_matrix`).
+    object (see :func:`affvae.affinity.metrics.aligned_matrix`).  ``use_ray`` spreads
+    the work over Ray tasks (:func:`sharded_values`); the result is the same.
     """
     from affvae.affinity.metrics import aligned_matrix, get_metric, rotation_set, similarity_matrix
 
@@ -247,7 +318,9 @@ def compute_matrix(classes: Sequence[str], objects: np.ndarray, metric: str = "f
                 return cached
         except AffinityError:
             pass  # a damaged cache entry is recomputed and replaced
-    if align and m.rotation_sensitive:
+    if use_ray:
+        values = sharded_values(objects, metric, align, shards, progress)
+    elif align and m.rotation_sensitive:
         from tqdm import tqdm
 
         rots = rotation_set(objects.ndim - 1, align)

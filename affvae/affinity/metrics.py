@@ -249,14 +249,14 @@ def rotation_set(ndim: int, n: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([np.eye(3)[None], rest.reshape(-1, 3, 3)])
 
 
-def aligned_matrix(X, rotations: np.ndarray, metric: str = "fsc", Y=None,
-                   progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Best similarity over a set of rotations of the second object.
+def aligned_best(X, rotations: np.ndarray, metric: str = "fsc", Y=None,
+                 progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Best similarity of each x with each y over ``rotations`` of y, not symmetrised.
 
     For every rotation the whole of Y (default X) is rotated as one batch and
-    prepared once; the running maximum over rotations is kept.  For X vs X the
-    result is symmetrised with max(A, A^T), since sim(x, R y) = sim(R^T x, y) holds
-    only for a set closed under inversion.
+    prepared once; the running maximum over rotations is kept.  The maximum over a
+    union of rotation sets is the maximum of the parts, so blocks of rotations can
+    be computed anywhere (:func:`affvae.affinity.matrix.compute_matrix` with Ray).
     """
     from affvae.data.augment import rotate
 
@@ -271,8 +271,19 @@ def aligned_matrix(X, rotations: np.ndarray, metric: str = "fsc", Y=None,
         best = s if best is None else torch.maximum(best, s)
         if progress:
             progress(k + 1)
-    out = best.numpy()
-    if Y is None:
-        out = np.maximum(out, out.T)
-        np.fill_diagonal(out, 1.0)
+    return best.numpy()
+
+
+def symmetrise_aligned(best: np.ndarray) -> np.ndarray:
+    """max(A, A^T) with ones on the diagonal: sim(x, R y) = sim(R^T x, y) holds only
+    for a rotation set closed under inversion, so the two directions may differ."""
+    out = np.maximum(best, best.T)
+    np.fill_diagonal(out, 1.0)
     return out
+
+
+def aligned_matrix(X, rotations: np.ndarray, metric: str = "fsc", Y=None,
+                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Best similarity over a set of rotations of the second object (X vs X symmetrised)."""
+    best = aligned_best(X, rotations, metric, Y, progress)
+    return symmetrise_aligned(best) if Y is None else best

@@ -9,6 +9,7 @@ Results are cached by content hash under $AFFVAE_CACHE_DIR (~/.cache/affvae).
   affvae affinity tetra --metric fsc --out tetra/affinity.csv
   affvae affinity glyphs --metric soap --out glyphs/affinity_soap.csv
   affvae affinity tetra --metric fsc --align 200 --out aligned.csv
+  affvae affinity tetra --metric fsc --align 200 --ray --out aligned.csv
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, help="resize representatives to this box first")
     p.add_argument("--no-cache", action="store_true", help="recompute even if cached")
     p.add_argument("--plot", action="store_true", help="also write a heatmap PNG beside the CSV")
+    p.add_argument("--ray", action="store_true",
+                   help="spread the pairs (or, with --align, the rotations) over Ray tasks: a local Ray, "
+                        "or the cluster at --address / $RAY_ADDRESS")
+    p.add_argument("--address", help="Ray cluster address (with --ray)")
+    p.add_argument("--shards", type=int, help="number of Ray tasks (default: one per cluster CPU)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -39,8 +45,12 @@ def main(args: argparse.Namespace) -> int:
 
     index = index_folder(args.folder, affinity=False)
     classes, objects, source = class_representatives(index, args.metric, size=args.size)
+    if args.ray:
+        from affvae.distributed import ensure_ray
+
+        ensure_ray(args.address)
     matrix = compute_matrix(classes, objects, args.metric, align=args.align,
-                            cache=not args.no_cache, progress=True)
+                            cache=not args.no_cache, progress=True, use_ray=args.ray, shards=args.shards)
     out = write_affinity_csv(matrix, args.out)
     params = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     params["representatives"] = source

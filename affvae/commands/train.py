@@ -7,6 +7,12 @@ classes are evaluated into metrics.json, predictions.csv and figures/.
   affvae train --config configs/tetramino.yaml --out runs/tetra
   affvae train --config configs/alphanumeric.yaml --set loss.gamma=0 --set model.pose_dims=0 --out runs/beta_vae
   affvae train --config configs/tetramino.yaml --out runs/tetra --resume
+  affvae train --config configs/tetramino.yaml --out runs/tetra2 --workers 2         # Ray Train, CPU
+  affvae train --config configs/tetramino.yaml --out runs/tetra4 --workers 4 --gpu   # a GPU per worker
+
+With --workers, training runs in Ray Train workers (DistributedDataParallel) on a
+local Ray or the cluster at --address / $RAY_ADDRESS; a failed worker restarts the
+group from the newest checkpoint, kept under RUN_DIR/ray.
 """
 
 from __future__ import annotations
@@ -21,6 +27,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. loss.gamma=3 (repeatable)")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="train with N Ray Train workers (DDP: gloo on CPU, NCCL on GPU); default 0: this process")
+    p.add_argument("--gpu", action="store_true", help="with --workers: one GPU per worker")
+    p.add_argument("--address", help="with --workers: Ray cluster address (default $RAY_ADDRESS or a local Ray)")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="with --workers: worker failures to recover from (default 2)")
 
 
 def _log_epoch(m: dict, checkpoint) -> None:
@@ -50,8 +62,21 @@ def main(args: argparse.Namespace) -> int:
     print(f"data: {len(data)} items of {'x'.join(map(str, data.shape))}, train on "
           f"{', '.join(data.classes)}; unseen: "
           f"{', '.join(sorted(set(data.labels.tolist()) - set(data.classes))) or 'none'}")
-    result = train(cfg, data, checkpoint_dir=out / "checkpoints", resume=args.resume,
-                   progress=sys.stderr.isatty(), report=None if sys.stderr.isatty() else _log_epoch)
+    if args.gpu and not args.workers:
+        raise AffvaeError("--gpu needs --workers N (a single process uses a GPU when train.device allows)")
+    if args.workers:
+        from affvae.distributed import ensure_ray, train_distributed
+
+        if args.resume:
+            raise AffvaeError("--resume with --workers: Ray Train resumes by itself after failures; "
+                              "rerun without --workers to continue from RUN_DIR/checkpoints")
+        if args.address:
+            ensure_ray(args.address)
+        result = train_distributed(cfg, data, workers=args.workers, use_gpu=args.gpu,
+                                   storage=out / "ray", max_failures=args.max_failures)
+    else:
+        result = train(cfg, data, checkpoint_dir=out / "checkpoints", resume=args.resume,
+                       progress=sys.stderr.isatty(), report=None if sys.stderr.isatty() else _log_epoch)
     metrics = save_run(result, data, out)
     acc = metrics.get("accuracy")
     line = f"trained {result.epochs_done} epochs in {result.seconds:.0f} s; test accuracy {acc:.3f}" \

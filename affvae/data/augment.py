@@ -126,17 +126,21 @@ def random_octahedral(x: torch.Tensor, generator: torch.Generator | None = None)
     return out
 
 
-def add_noise(x: torch.Tensor, snr: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def add_noise(x: torch.Tensor, snr: float, generator: torch.Generator | None = None,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
     """Add white Gaussian noise at a signal-to-noise ratio (variance ratio) per item.
 
     The noise variance of each item is its own signal variance divided by ``snr``, as
     in cryo-ET simulation studies: SNR 1 means noise as strong as the signal.
+    ``noise`` (standard normal, the shape of ``x``) is drawn from ``generator`` if
+    not given.
     """
     if snr <= 0:
         raise ValueError(f"snr {snr}: expected a positive ratio")
     var = x.flatten(1).var(1, unbiased=False).clamp_min(1e-12)
     shape = (-1,) + (1,) * (x.dim() - 1)
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    if noise is None:
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     return x + noise * (var / snr).sqrt().view(shape)
 
 

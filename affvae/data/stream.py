@@ -1,0 +1,299 @@
+"""Streamed, augmented training items: the same batch functions locally and on Ray Data.
+
+A stream is a table of small item specs and one pure function that turns a batch
+of specs into arrays:
+
+* simulated data: the spec of item ``i`` is ``(class, pose, seed)``, a pure function
+  of ``(stream seed, i)`` computed with a counter-based hash (no state, no per-item
+  RNG objects), so item ``i`` is the same wherever and whenever it is rendered,
+  and epoch ``e`` can use fresh items ``e * n .. (e + 1) * n - 1``: unlimited poses;
+* a folder on disk: the spec is the file path and its class; the volume is read
+  when its batch is rendered.
+
+:func:`render_batch` renders a batch (batched: one sampling call per chunk) and
+applies the configured imaging effects: a random rotation (folder data), additive
+noise at an SNR and a missing wedge.  :func:`local_batches` iterates it in this
+process; :func:`ray_dataset` builds the same batches as a Ray Dataset
+(``map_batches`` over a table of ids), which streams with bounded memory however
+large the table, so results do not depend on where they ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A counter-based 64-bit mixer (SplitMix64), vectorised over uint64 arrays."""
+    with np.errstate(over="ignore"):
+        z = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+        z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+        z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+        return z ^ (z >> np.uint64(31))
+
+
+def uniforms(seed: int, ids: np.ndarray, k: int) -> np.ndarray:
+    """``(len(ids), k)`` uniform numbers in [0, 1), a pure function of (seed, id, j)."""
+    ids = np.asarray(ids, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # wrapping uint64 arithmetic is the point
+        base = _splitmix64(np.uint64(seed % 2**63) * np.uint64(0x632BE59BD9B4E019) + ids * np.uint64(k + 1))
+        cols = [_splitmix64(base + np.uint64(j)) >> np.uint64(11) for j in range(k)]
+    return np.stack(cols, 1).astype(np.float64) / float(2**53)
+
+
+def item_normals(seeds: np.ndarray, n: int) -> np.ndarray:
+    """``(len(seeds), n)`` standard normals, row i a pure function of ``seeds[i]``.
+
+    Counter-based (one SplitMix64 hash per pair of numbers, Box-Muller), so an
+    item's noise is the same whatever batch it is rendered in and wherever.
+    """
+    seeds = np.asarray(seeds, dtype=np.int64).astype(np.uint64)
+    half = (n + 1) // 2
+    with np.errstate(over="ignore"):
+        ctr = (seeds[:, None] * np.uint64(0xD1B54A32D192ED03)) + np.arange(half, dtype=np.uint64)[None]
+        h = _splitmix64(ctr)
+    u1 = ((h >> np.uint64(40)).astype(np.float64) + 1.0) / float(2**24)  # (0, 1]
+    u2 = (h & np.uint64(0xFFFFFF)).astype(np.float64) / float(2**24)
+    r = np.sqrt(-2.0 * np.log(u1))
+    z = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)], axis=1)
+    return z[:, :n].astype(np.float32)
+
+
+def poses_from_uniforms(u: np.ndarray, ndim: int, rotation: str = "uniform", max_angle: float = 45.0) -> np.ndarray:
+    """Poses from uniforms: integer angles in (-max, max) for 2D; ZYZ Euler angles for 3D.
+
+    3D ``uniform``: Shoemake's quaternion from three uniforms (uniform over SO(3));
+    ``grid``: three multiples of 10 degrees about x, y, z; ``none``: identity.
+    """
+    from scipy.spatial.transform import Rotation
+
+    n = len(u)
+    if ndim == 2:
+        if rotation == "none":
+            return np.zeros(n)
+        m = int(np.ceil(max_angle)) - 1
+        return np.floor(u[:, 0] * (2 * m + 1)) - m
+    if rotation == "none" or n == 0:
+        return np.zeros((n, 3))
+    if rotation == "grid":
+        rot = Rotation.from_euler("xyz", np.floor(u[:, :3] * 36) * 10.0, degrees=True)
+    else:
+        u1, u2, u3 = u[:, 0], 2 * np.pi * u[:, 1], 2 * np.pi * u[:, 2]
+        q = np.stack([np.sqrt(1 - u1) * np.sin(u2), np.sqrt(1 - u1) * np.cos(u2),
+                      np.sqrt(u1) * np.sin(u3), np.sqrt(u1) * np.cos(u3)], 1)
+        rot = Rotation.from_quat(q)
+    return np.atleast_2d(rot.as_euler("ZYZ", degrees=True))
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Everything a worker needs to render items: picklable and small."""
+
+    source: str  # "tetramino" | "alphanumeric" | "folder"
+    classes: tuple[str, ...]  # class index = position here
+    seed: int = 0
+    sim: dict[str, Any] = field(default_factory=dict)  # simulator keyword arguments
+    root: str | None = None  # folder source
+    size: int | None = None
+    normalise: str = "minmax"
+    rotation: str = "uniform"
+    rotate_files: bool = False  # random rotation of folder items
+    snr: float | None = None
+    wedge: float | None = None  # max tilt in degrees: remove the missing wedge
+
+    def simulator(self):
+        """The simulator of this spec, built once per process."""
+        return _simulator_cached(self.source, tuple(sorted(self.sim.items())))
+
+
+_SIMS: dict = {}
+
+
+def _simulator_cached(source: str, items: tuple):
+    key = (source, items)
+    if key not in _SIMS:
+        from affvae.data.simulate import SIMULATORS
+
+        kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in items}
+        _SIMS[key] = SIMULATORS[source](**kwargs)
+    return _SIMS[key]
+
+
+def spec_from_config(cfg, classes: Sequence[str]) -> StreamSpec:
+    """The stream of a :class:`~affvae.config.Config` (simulated or folder data)."""
+    d = cfg.data
+    if d.source == "folder":
+        return StreamSpec("folder", tuple(classes), cfg.seed, root=d.path, size=d.size,
+                          normalise=d.normalise, rotate_files=d.rotate_files,
+                          snr=d.snr, wedge=d.wedge)
+    if d.source == "alphanumeric":
+        sim = {"size": d.size or 64, "glyphs": tuple(g for g in d.glyphs if not g.isspace())}
+    else:
+        sim = {"size": d.size or 32, "shapes": tuple(d.shapes), "cube": d.cube, "elongation": d.elongation,
+               "fused": tuple(tuple(f.split("+")) for f in d.fused), "fuse_mode": d.fuse_mode,
+               "rotation": d.rotation}
+    return StreamSpec(d.source, tuple(classes), cfg.seed, sim=sim, normalise=d.normalise,
+                      rotation=d.rotation, snr=d.snr, wedge=d.wedge)
+
+
+def simulated_table(spec: StreamSpec, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Specs of simulated items ``ids``: balanced classes, poses and seeds from the hash."""
+    ids = np.asarray(ids, dtype=np.int64)
+    ndim = 2 if spec.source == "alphanumeric" else 3
+    u = uniforms(spec.seed, ids, 4)
+    pose = poses_from_uniforms(u, ndim, spec.rotation)
+    item_seed = (_splitmix64(ids.astype(np.uint64) ^ np.uint64(spec.seed + 7)) >> np.uint64(33)).astype(np.int64)
+    return {"id": ids, "label": (ids % len(spec.classes)).astype(np.int64),
+            "pose": pose.reshape(len(ids), -1).astype(np.float64), "seed": item_seed}
+
+
+def render_batch(batch: dict[str, np.ndarray], spec: StreamSpec) -> dict[str, np.ndarray]:
+    """Render and augment one batch of specs: returns ``{"x", "label", "id"}``.
+
+    The same function runs in this process (:func:`local_batches`) and in Ray Data
+    workers (:func:`ray_dataset`).  Noise is seeded by the items' seeds, so a
+    batch renders identically anywhere.
+    """
+    from affvae.data.augment import add_noise, missing_wedge, resize_to_box
+    from affvae.data.sources import normalise
+
+    labels = np.asarray(batch["label"], dtype=np.int64)
+    if spec.source == "folder":
+        from affvae.data.io import read_volume
+
+        x = np.stack([read_volume(p) for p in batch["path"]])
+        if spec.size:
+            x = resize_to_box(x, spec.size)
+        if spec.rotate_files:
+            from affvae.data.augment import pose_to_matrix, rotate
+
+            ndim = x.ndim - 1
+            u = uniforms(spec.seed, np.asarray(batch["id"]), 4)
+            x = rotate(x, pose_to_matrix(poses_from_uniforms(u, ndim, "uniform" if ndim == 3 else "none"), ndim))
+    else:
+        sim = spec.simulator()
+        names = [spec.classes[i] for i in labels]
+        pose = np.asarray(batch["pose"])
+        x = sim.render(names, pose[:, 0] if sim.ndim == 2 else pose)
+    x = normalise(x, spec.normalise)
+    if spec.wedge is not None or spec.snr is not None:
+        t = torch.from_numpy(x)
+        if spec.wedge is not None and t.dim() == 4:
+            t = missing_wedge(t, spec.wedge)
+        if spec.snr is not None:
+            seeds = np.asarray(batch.get("seed", batch["id"]))
+            noise = torch.from_numpy(item_normals(seeds, t[0].numel()).reshape(t.shape))
+            t = add_noise(t, spec.snr, noise=noise)
+        x = t.numpy()
+    return {"x": x.astype(np.float32, copy=False), "label": labels, "id": np.asarray(batch["id"])}
+
+
+def epoch_ids(n: int, epoch: int, fresh: bool) -> np.ndarray:
+    """Item ids of an epoch: the same ``n`` items each epoch, or fresh ones (simulated data)."""
+    start = epoch * n if fresh else 0
+    return np.arange(start, start + n, dtype=np.int64)
+
+
+def local_batches(spec: StreamSpec, table: dict[str, np.ndarray], batch_size: int,
+                  order: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Render ``table`` (optionally reordered) batch by batch in this process."""
+    n = len(next(iter(table.values())))
+    order = np.arange(n) if order is None else order
+    for s in range(0, n, batch_size):
+        idx = order[s:s + batch_size]
+        yield render_batch({k: v[idx] for k, v in table.items()}, spec)
+
+
+def _specs_for_ids(batch: dict[str, np.ndarray], spec: StreamSpec, offset: int) -> dict[str, np.ndarray]:
+    return simulated_table(spec, np.asarray(batch["id"], dtype=np.int64) + offset)
+
+
+def _specs_for_array(batch: dict[str, np.ndarray], spec: StreamSpec) -> dict[str, np.ndarray]:
+    return simulated_table(spec, np.asarray(batch["data"], dtype=np.int64))
+
+
+def ray_dataset(spec: StreamSpec, n_items: int | None = None, batch_size: int = 32, offset: int = 0,
+                table: dict[str, np.ndarray] | None = None, ids: np.ndarray | None = None):
+    """The same batches as a streaming Ray Dataset; rendering runs in Ray tasks.
+
+    Simulated data starts from ``ray.data.range`` (ids ``offset .. offset + n_items``)
+    or from an array of ``ids``, so no table of rendered items is ever held in
+    memory; folder data starts from its small table of paths and labels.
+    """
+    import ray.data
+
+    if spec.source == "folder":
+        if table is None:
+            raise ValueError("a folder stream needs its table of paths")
+        ds = ray.data.from_items([{"id": int(i), "path": str(p), "label": int(lab)}
+                                  for i, p, lab in zip(table["id"], table["path"], table["label"])])
+    elif ids is not None:
+        ds = ray.data.from_numpy(np.asarray(ids, dtype=np.int64)).map_batches(
+            _specs_for_array, fn_kwargs={"spec": spec}, batch_size=max(batch_size, 256),
+            batch_format="numpy")
+    else:
+        if n_items is None:
+            raise ValueError("a simulated stream needs n_items or ids")
+        ds = ray.data.range(n_items).map_batches(_specs_for_ids, fn_kwargs={"spec": spec, "offset": offset},
+                                                 batch_size=max(batch_size, 256), batch_format="numpy")
+    return ds.map_batches(render_batch, fn_kwargs={"spec": spec}, batch_size=batch_size,
+                          batch_format="numpy")
+
+
+def rank_items(n: int, batch_size: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """Positions (0..n-1) a rank trains on in an epoch, in its batch order.
+
+    Global batch b holds positions ``b*B .. (b+1)*B - 1`` (B = ``batch_size``, full
+    batches only, so every rank runs the same number of steps); rank r takes every
+    W-th of them from r, as the in-memory loop of :func:`affvae.train.train` does.
+    """
+    local = batch_size // world
+    if local < 1:
+        raise ValueError(f"batch size {batch_size} is smaller than the {world} workers")
+    n_batches = n // (local * world)
+    pos = np.arange(n_batches * local * world).reshape(n_batches, local * world)
+    return pos[:, rank::world].reshape(-1)
+
+
+def epoch_batches_for(spec: StreamSpec, data, train_idx: np.ndarray, batch_size: int,
+                      rank: int = 0, world: int = 1, engine: str = "local"):
+    """``batches(epoch)`` for :func:`affvae.train.train`: this rank's streamed training batches.
+
+    Simulated data: epoch e trains on fresh items ``e*n .. (e+1)*n - 1`` (n the size
+    of the training split), rendered on demand.  Folder data: the training files in
+    a new order each epoch, read when their batch is rendered.  ``engine`` "local"
+    renders in this process; "ray" renders in Ray Data tasks and prefetches, so
+    rendering overlaps the training step.  Both give the same items.
+    """
+    n = len(train_idx)
+    local = batch_size // world
+    classes = list(spec.classes)
+
+    def table_of(epoch: int) -> dict[str, np.ndarray]:
+        pos = rank_items(n, batch_size, rank, world)
+        if spec.source == "folder":
+            order = np.random.default_rng([spec.seed, epoch]).permutation(np.asarray(train_idx))[pos]
+            return {"id": order, "path": np.array([str(Path(data.root) / data.paths[i]) for i in order]),
+                    "label": np.array([classes.index(str(data.labels[i])) for i in order], dtype=np.int64)}
+        return simulated_table(spec, epoch * n + pos)
+
+    def batches(epoch: int):
+        table = table_of(epoch)
+        if engine == "ray":
+            ds = ray_dataset(spec, batch_size=local, table=table if spec.source == "folder" else None,
+                             ids=None if spec.source == "folder" else table["id"])
+            for b in ds.iter_batches(batch_size=local, batch_format="numpy", prefetch_batches=2,
+                                     drop_last=True):
+                yield b["x"], b["label"]
+        else:
+            for b in local_batches(spec, table, local):
+                yield b["x"], b["label"]
+
+    return batches

@@ -235,16 +235,30 @@ def ray_dataset(spec: StreamSpec, n_items: int | None = None, batch_size: int = 
         ds = ray.data.from_items([{"id": int(i), "path": str(p), "label": int(lab)}
                                   for i, p, lab in zip(table["id"], table["path"], table["label"])])
     elif ids is not None:
-        ds = ray.data.from_numpy(np.asarray(ids, dtype=np.int64)).map_batches(
-            _specs_for_array, fn_kwargs={"spec": spec}, batch_size=max(batch_size, 256),
-            batch_format="numpy")
+        ids = np.asarray(ids, dtype=np.int64)
+        parts = np.array_split(ids, max(1, -(-len(ids) // (4 * batch_size))))
+        ds = ray.data.from_numpy(parts).map_batches(
+            _specs_for_array, fn_kwargs={"spec": spec}, batch_size=None, batch_format="numpy")
     else:
         if n_items is None:
             raise ValueError("a simulated stream needs n_items or ids")
-        ds = ray.data.range(n_items).map_batches(_specs_for_ids, fn_kwargs={"spec": spec, "offset": offset},
-                                                 batch_size=max(batch_size, 256), batch_format="numpy")
+        # one block per few batches: enough tasks to keep every CPU busy, each
+        # rendering whole batches
+        blocks = max(1, -(-n_items // (4 * batch_size)))
+        ds = ray.data.range(n_items, override_num_blocks=blocks).map_batches(
+            _specs_for_ids, fn_kwargs={"spec": spec, "offset": offset}, batch_size=None,
+            batch_format="numpy")
     return ds.map_batches(render_batch, fn_kwargs={"spec": spec}, batch_size=batch_size,
                           batch_format="numpy")
+
+
+def bound_stream_memory(mib: int = 128) -> None:
+    """Cap the object-store memory this process's Ray Datasets buffer (rendered blocks
+    waiting to be consumed), so a stream's memory does not grow with its length."""
+    from ray.data import DataContext, ExecutionResources
+
+    DataContext.get_current().execution_options.resource_limits = ExecutionResources(
+        object_store_memory=mib * 2**20)
 
 
 def rank_items(n: int, batch_size: int, rank: int = 0, world: int = 1) -> np.ndarray:
@@ -283,6 +297,9 @@ def epoch_batches_for(spec: StreamSpec, data, train_idx: np.ndarray, batch_size:
             return {"id": order, "path": np.array([str(Path(data.root) / data.paths[i]) for i in order]),
                     "label": np.array([classes.index(str(data.labels[i])) for i in order], dtype=np.int64)}
         return simulated_table(spec, epoch * n + pos)
+
+    if engine == "ray":
+        bound_stream_memory()
 
     def batches(epoch: int):
         table = table_of(epoch)

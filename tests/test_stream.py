@@ -95,3 +95,18 @@ def test_item_noise_depends_on_the_item_not_the_batch():
     assert np.array_equal(z[1:], item_normals(np.array([6, 7]), 10001))
     assert abs(z.mean()) < 0.03 and abs(z.std() - 1) < 0.03
     assert abs(np.corrcoef(z[0], z[1])[0, 1]) < 0.05
+
+
+def test_training_streams_a_folder_of_files(tmp_path):
+    from affvae.data.simulate import TetraminoSimulator, write_dataset
+
+    sim = TetraminoSimulator(size=16, cube=3, shapes=["I", "O", "T"])
+    write_dataset(sim, tmp_path / "d", n_per_class=8, progress=False)
+    cfg = build_config(overrides=["data.source=folder", f"data.path={tmp_path / 'd'}", "data.stream=true",
+                                  "data.rotate_files=true", "model.filters=[4, 8]", "model.latent_dims=4",
+                                  "train.batch_size=4", "train.epochs=2", "data.affinity_metric=ncc"])
+    data = build_dataset(cfg)
+    seen = []
+    res = train(cfg, data, report=lambda m, ck: seen.append(m["train_total"]))
+    assert len(seen) == 2 and all(np.isfinite(seen))
+    assert res.history[0]["samples_per_second"] > 0

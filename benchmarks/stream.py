@@ -46,8 +46,9 @@ def ray_rate(size: int, items: int, cpus: int) -> float:
     import ray
 
     from affvae.data.stream import ray_dataset
+    from affvae.distributed import ensure_ray
 
-    ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ensure_ray(num_cpus=cpus)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         spec = spec_for(size)

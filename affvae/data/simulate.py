@@ -16,6 +16,7 @@ integer cube edge ``c`` has exactly ``4 c**3`` voxels.
 
 from __future__ import annotations
 
+import abc
 import csv
 import functools
 import os
@@ -97,7 +98,7 @@ def sample_poses(n: int, ndim: int, rng: np.random.Generator, rotation: str = "u
 # ------------------------------------------------------------------------ simulators
 
 
-class Simulator:
+class Simulator(abc.ABC):
     """Common interface: ``render`` a batch of (class, pose), ``template`` of a class."""
 
     ndim: int
@@ -105,8 +106,9 @@ class Simulator:
     classes: tuple[str, ...]
     rotation: str = "uniform"
 
+    @abc.abstractmethod
     def render(self, classes: Sequence[str], poses: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Objects of ``classes`` in ``poses``, as one (N, *shape) float32 array."""
 
     def template(self, cls: str) -> np.ndarray:
         pose = np.zeros(1) if self.ndim == 2 else np.zeros((1, 3))

@@ -38,27 +38,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def report_errors(prog: str, fn, debug: bool = False) -> int:
+    """Run ``fn()``; user errors become one line on stderr and exit status 2."""
     try:
-        result = args._main(args)
-        return int(result or 0)
+        return int(fn() or 0)
     except AffvaeError as e:
-        if args.debug:
+        if debug:
             raise
-        print(f"affvae {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         # Files we were asked to write or read that the OS refuses (permissions, disk).
-        if args.debug:
+        if debug:
             raise
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"affvae {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"{prog}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"affvae {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return report_errors(f"affvae {args.command}", lambda: args._main(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,16 @@ from typing import Any
 from affvae.errors import AffvaeError
 
 CHECKPOINT_FILE = "checkpoint.pt"
+#: Environment of every Ray worker.  Ray Train gives a worker group 60 s to start by
+#: default; on a small machine busy with other trials, starting torch workers can take
+#: longer, and a group that times out is retried while its reservation may linger.
+RAY_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "900"}
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to Ray once per process: ``address`` (or $RAY_ADDRESS), else start a local one.
 
-    A local Ray binds to 127.0.0.1 and runs no dashboard.  ``num_cpus`` declares the
+    A local Ray binds to 127.0.0.1 (its dashboard too).  ``num_cpus`` declares the
     local node's logical CPUs (default: the machine's), e.g. more than the cores so
     that Ray Data tasks can run beside training workers that hold one CPU each.
     """
@@ -40,11 +44,14 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": dict(RAY_ENV)}
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=env)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 log_to_driver=False)
+        # The dashboard serves Ray's state API, which Ray Train needs to release the
+        # resources of a run whose trial Ray Tune stopped early; it listens on 127.0.0.1.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=None,
+                 _node_ip_address="127.0.0.1", log_to_driver=False, runtime_env=env)
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -93,6 +100,61 @@ def _worker_loop(config: dict[str, Any]) -> None:
         shutil.rmtree(local, ignore_errors=True)
 
 
+def make_trainer(cfg, data_ref, affinity, *, workers: int = 1, use_gpu: bool = False,
+                 cpus_per_worker: float = 1.0, storage: str | os.PathLike, name: str,
+                 max_failures: int = 2, keep_checkpoints: int | None = None, callbacks=()):
+    """A ``TorchTrainer`` that runs :func:`_worker_loop` on ``workers`` workers.
+
+    ``data_ref`` is the dataset in Ray's object store (``ray.put``); ``storage``
+    and ``name`` locate the run's checkpoints.  Re-fitting a trainer with the same
+    storage and name continues from the newest checkpoint there.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if workers < 1:
+        raise AffvaeError(f"workers {workers}: expected at least 1")
+    return TorchTrainer(
+        _worker_loop,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "data": data_ref, "affinity": affinity},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker,
+                                                           **({"GPU": 1} if use_gpu else {})}),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+                             callbacks=list(callbacks)),
+    )
+
+
+def read_checkpoint(path: str) -> dict:
+    """The training state in a Ray Train checkpoint directory (local path or URI)."""
+    from ray.train import Checkpoint
+
+    from affvae.train import load_checkpoint
+
+    with Checkpoint(path).as_directory() as d:
+        return load_checkpoint(Path(d) / CHECKPOINT_FILE)
+
+
+def result_from_state(cfg, data, state: dict, affinity=None, seconds: float = float("nan"),
+                      extra: dict | None = None):
+    """A :class:`~affvae.train.TrainResult` from a checkpoint's training state."""
+    from affvae.model import build_model
+    from affvae.train import TrainResult, split_indices
+
+    model = build_model(cfg, data.shape)
+    model.load_state_dict(state["model"])
+    model.eval()
+    history = list(state["history"])
+    splits = split_indices(data.labels, list(data.classes), cfg.data.val_fraction,
+                           cfg.data.test_fraction, cfg.seed)
+    return TrainResult(cfg=cfg, model=model, history=history, splits=splits, classes=list(data.classes),
+                       affinity=affinity, seconds=seconds, epochs_done=len(history),
+                       stopped_early=len(history) < cfg.train.epochs,
+                       extra={"restarts": int(state.get("restarts", 0)), **(extra or {})})
+
+
 def train_distributed(cfg, data, workers: int = 2, use_gpu: bool = False,
                       storage: str | os.PathLike | None = None, name: str = "train",
                       max_failures: int = 2, affinity=None):
@@ -103,12 +165,8 @@ def train_distributed(cfg, data, workers: int = 2, use_gpu: bool = False,
     checkpoint after up to ``max_failures`` worker failures.
     """
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from affvae.data.sources import resolve_affinity
-    from affvae.model import build_model
-    from affvae.train import TrainResult, load_checkpoint, split_indices
 
     if workers < 1:
         raise AffvaeError(f"--workers {workers}: expected at least 1")
@@ -118,28 +176,29 @@ def train_distributed(cfg, data, workers: int = 2, use_gpu: bool = False,
         affinity = resolve_affinity(cfg, data)
     storage = Path(storage) if storage else Path(tempfile.mkdtemp(prefix="affvae-ray-"))
     storage.mkdir(parents=True, exist_ok=True)
-    trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "data": ray.put(data), "affinity": affinity},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-        run_config=RunConfig(name=name, storage_path=str(storage.resolve()),
-                             failure_config=FailureConfig(max_failures=max_failures)),
-    )
-    result = trainer.fit()
+    trainer = make_trainer(cfg, ray.put(data), affinity, workers=workers, use_gpu=use_gpu,
+                           storage=storage.resolve(), name=name, max_failures=max_failures)
+    try:
+        result = trainer.fit()
+    except Exception as e:  # noqa: BLE001 - Ray wraps the worker's error
+        raise AffvaeError(f"distributed training failed: {failure_reason(e)}") from None
     if result.error is not None:
-        raise AffvaeError(f"distributed training failed: {result.error}")
+        raise AffvaeError(f"distributed training failed: {failure_reason(result.error)}")
     if result.checkpoint is None:
         raise AffvaeError("distributed training finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        state = load_checkpoint(Path(d) / CHECKPOINT_FILE)
-    model = build_model(cfg, data.shape)
-    model.load_state_dict(state["model"])
-    model.eval()
-    history = list(state["history"])
-    splits = split_indices(data.labels, list(data.classes), cfg.data.val_fraction,
-                           cfg.data.test_fraction, cfg.seed)
-    return TrainResult(cfg=cfg, model=model, history=history, splits=splits, classes=list(data.classes),
-                       affinity=affinity, seconds=time.perf_counter() - t0, epochs_done=len(history),
-                       stopped_early=len(history) < cfg.train.epochs,
-                       extra={"restarts": int(state.get("restarts", 0)), "workers": workers,
-                              "use_gpu": use_gpu, "ray_storage": str(storage)})
+    state = read_checkpoint(result.checkpoint.path)
+    return result_from_state(cfg, data, state, affinity, seconds=time.perf_counter() - t0,
+                             extra={"workers": workers, "use_gpu": use_gpu, "ray_storage": str(storage)})
+
+
+def failure_reason(err: BaseException) -> str:
+    """The user-facing cause of a Ray Train failure: the first worker's own error, one line."""
+    inner = err
+    failures = getattr(err, "worker_failures", None)
+    if failures:
+        inner = failures[min(failures)]
+    inner = getattr(inner, "controller_failure", inner)
+    cause = getattr(inner, "cause", None) or inner  # RayTaskError keeps the user's exception
+    text = f"{cause.__class__.__name__}: {cause}" if str(cause) else cause.__class__.__name__
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if len(lines) > 1 and "Traceback" in text else (lines[0] if lines else text)

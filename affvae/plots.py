@@ -30,7 +30,7 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
 
 def plot_matrix(values: np.ndarray, labels, path, title: str = "", vmin=-1.0, vmax=1.0,
                 cmap: str = "RdBu_r", annotate: bool | None = None, fmt: str = ".2f",
-                row_labels=None, colorbar_label: str = "") -> Path:
+                row_labels=None, colorbar_label: str = "", xlabel: str = "", ylabel: str = "") -> Path:
     """A labelled heatmap (affinity, confusion, proximity matrices)."""
     plt = _pyplot()
     values = np.asarray(values, dtype=float)
@@ -42,13 +42,17 @@ def plot_matrix(values: np.ndarray, labels, path, title: str = "", vmin=-1.0, vm
     ax.set_yticks(range(n), rows)
     if annotate is None:
         annotate = max(n, m) <= 16
-    if annotate:
-        mid = (vmin + vmax) / 2
+    if annotate:  # text colour by the luminance of the cell behind it
+        rgb = im.cmap(im.norm(np.nan_to_num(values, nan=vmin)))[..., :3]
+        dark = (rgb @ np.array([0.299, 0.587, 0.114])) < 0.5
         for i in range(n):
             for j in range(m):
-                v = values[i, j]
-                ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=7,
-                        color="white" if abs(v - mid) > 0.35 * (vmax - vmin) else "black")
+                ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=7,
+                        color="white" if dark[i, j] else "black")
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=colorbar_label)
     if title:
         ax.set_title(title)
@@ -59,17 +63,9 @@ def plot_affinity(matrix, path, title: str = "affinity") -> Path:
     return plot_matrix(matrix.values, matrix.classes, path, title=title, colorbar_label="similarity")
 
 
-def plot_embedding(xy, labels, path, unseen=(), title: str = "") -> Path:
-    """Scatter of a 2-D embedding coloured by class, unseen classes stand out.
-
-    Seen classes are small coloured dots; each unseen class gets a large
-    black-edged star in its own colour (none shared with a seen class) and its
-    name written just above it, since those are the points the reader looks for.  Unknown labels
-    ("") are drawn as small grey dots.
-    """
+def _draw_embedding(plt, ax, xy, labels, unseen, legend: bool, annotate: bool = True) -> None:
     from affvae.latent_map import as_labels
 
-    plt = _pyplot()
     xy = np.asarray(xy, dtype=float)
     labels = as_labels(labels)
     unseen = {str(c) for c in unseen}
@@ -79,8 +75,7 @@ def plot_embedding(xy, labels, path, unseen=(), title: str = "") -> Path:
     # one palette over seen then unseen classes, so no unseen class shares a seen colour
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     n = max(1, xy.shape[0])
-    size = float(np.clip(3000.0 / n, 4.0, 30.0))
-    fig, ax = plt.subplots(figsize=(7, 6))
+    size = float(np.clip(3000.0 / n, 4.0, 30.0)) * (1.0 if legend else 0.5)
     unknown = labels == ""
     if unknown.any():
         ax.scatter(xy[unknown, 0], xy[unknown, 1], s=size, c="0.7", lw=0, label="unknown")
@@ -91,17 +86,67 @@ def plot_embedding(xy, labels, path, unseen=(), title: str = "") -> Path:
         m = labels == c
         ax.scatter(xy[m, 0], xy[m, 1], s=size * 4 + 20, marker="*", color=cmap(i % cmap.N),
                    edgecolors="black", linewidths=0.6, label=f"{c} (unseen)", zorder=3)
-        top = (np.median(xy[m, 0]), xy[m, 1].max())  # name just above the cluster
-        ax.annotate(f"{c} (unseen)", top, xytext=(0, 8), textcoords="offset points", fontsize=9,
-                    fontweight="bold", ha="center", va="bottom", zorder=4,
-                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.7})
+        if annotate:
+            top = (np.median(xy[m, 0]), xy[m, 1].max())  # name just above the cluster
+            ax.annotate(f"{c} (unseen)", top, xytext=(0, 8), textcoords="offset points", fontsize=9,
+                        fontweight="bold", ha="center", va="bottom", zorder=4,
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.7})
     ax.set_xticks([])
     ax.set_yticks([])
-    if classes or unknown.any():
+    if legend and (classes or unknown.any()):
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=1.5,
                   frameon=False, ncol=1 if len(classes) <= 25 else 2)
+
+
+def plot_embedding(xy, labels, path, unseen=(), title: str = "") -> Path:
+    """Scatter of a 2-D embedding coloured by class, unseen classes stand out.
+
+    Seen classes are small coloured dots; each unseen class gets a large
+    black-edged star in its own colour (none shared with a seen class) and its
+    name written just above it, since those are the points the reader looks for.  Unknown labels
+    ("") are drawn as small grey dots.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    _draw_embedding(plt, ax, xy, labels, unseen, legend=True)
     if title:
         ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def plot_embedding_grid(cells: dict, row_labels, col_labels, path, row_name: str = "",
+                        col_name: str = "", title: str = "") -> Path:
+    """Embeddings of many trials on a grid (rows x columns of two searched values).
+
+    ``cells[(row, col)] = (xy, labels, unseen)``; a missing cell is left blank
+    (e.g. a failed trial).  One legend for the whole grid, from the first cell.
+    """
+    plt = _pyplot()
+    rows, cols = list(row_labels), list(col_labels)
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.6 * len(cols) + 1.5, 2.4 * len(rows) + 0.6),
+                             squeeze=False)
+    legend_ax = None
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            ax = axes[i, j]
+            cell = cells.get((r, c))
+            if cell is None:
+                ax.axis("off")
+                ax.text(0.5, 0.5, "no result", ha="center", va="center", color="0.5", transform=ax.transAxes)
+            else:
+                xy, labels, unseen = cell
+                _draw_embedding(plt, ax, xy, labels, unseen, legend=False, annotate=False)
+                legend_ax = legend_ax or ax
+            if i == 0:
+                ax.set_title(f"{col_name} = {c}" if col_name else str(c), fontsize=9)
+            if j == 0 and row_name:
+                ax.set_ylabel(f"{row_name} = {r}", fontsize=9)
+    if legend_ax is not None:
+        handles, names = legend_ax.get_legend_handles_labels()
+        fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return save_figure(fig, path)
 
 

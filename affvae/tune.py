@@ -1,0 +1,618 @@
+"""Studies: Ray Tune searches over config overrides, each trial a Ray Train run, tracked in MLflow.
+
+A study is a base config plus a search space of dotted config keys (``loss.beta``,
+``loss.gamma``, ``model.latent_dims``, ``model.pose_dims``, ``data.affinity_metric``,
+``train.lr``...), given as Ray Tune domains (``tune.grid_search([...])``,
+``tune.loguniform(...)``).  A value may also be a dict of several overrides chosen
+together, with an optional ``"name"``: ``{"name": "none", "loss.gamma": 0}``.  The
+key ``trial.workers`` sets the number of Ray Train workers of a trial.
+
+Each trial builds a :class:`~ray.train.torch.TorchTrainer` running the one
+``train(cfg, data)`` loop (:mod:`affvae.distributed`), reports every epoch to Tune
+through Ray Train's ``TuneReportCallback`` and checkpoints every epoch, so ASHA can
+stop it at any rung and the study still has its model.  The dataset of the base
+config is built once by the driver and shared through Ray's object store.
+
+The driver keeps MLflow up to date while trials run (:class:`StudyCallback`: params,
+per-epoch metrics, failures with their reason), then evaluates every trial's newest
+checkpoint, finished or stopped early, into a run folder (``metrics.json``,
+``latent_map.parquet``, figures) and logs it to the trial's child run; the parent run
+gets the study summary (trials CSV, heatmap of the searched pair, grid of latent
+embeddings).  ``resume=True`` continues an interrupted study: finished trials are not
+run again, unfinished ones continue from their newest checkpoint, and MLflow runs are
+found again by tag, so each trial appears once.
+
+Study folder::
+
+    STUDY_DIR/
+      study.json            spec, provenance, status
+      mlflow.db, mlartifacts/   the default MLflow store
+      ray/NAME/             Ray Tune's experiment (restored by --resume)
+      train/TRIAL_ID/       Ray Train's checkpoints of each trial
+      trials/TRIAL_NAME/    each evaluated trial: a run folder like ``affvae train`` writes
+      summary/              trials.csv, heatmap.png, embeddings_grid.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from affvae.errors import AffvaeError, ConfigError
+
+TRIAL_KEYS = ("trial.workers",)
+TRIAL_DRIVER_CPU = 0.01  # the trial function only drives its TorchTrainer
+FINAL_METRICS = ("accuracy", "f1_macro", "silhouette", "novelty_auroc", "mean_offdiag_proximity",
+                 "pose_angle_best_abs_r")
+ARTIFACTS = ("config.yaml", "provenance.json", "metrics.json", "history.csv", "latent_map.parquet",
+             "predictions.csv", "affinity.csv")
+
+
+class TrialFailed(AffvaeError):
+    """A trial's training failed (the reason is the worker's own error)."""
+
+
+@dataclass
+class StudySpec:
+    """What a study searches and how.  ``space`` maps dotted keys to Tune domains or values."""
+
+    name: str
+    base: dict[str, Any]
+    space: dict[str, Any]
+    metric: str = "val_accuracy"
+    mode: str = "max"
+    #: "asha" stops poor trials at rungs; "fifo" runs every trial to the end
+    scheduler: str = "asha"
+    grace_period: int = 3
+    reduction_factor: float = 2.0
+    num_samples: int = 1
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    #: trials at once (0: as many as the cluster's CPUs allow)
+    max_concurrent: int = 0
+    #: Ray Train restarts of a trial's worker group after a worker failure
+    max_failures: int = 0
+    #: searched keys (or composite names) laid out as rows and columns of the summary figures
+    rows: str | None = None
+    cols: str | None = None
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["space"] = {k: _describe_domain(v) for k, v in self.space.items()}
+        return d
+
+
+def _describe_domain(v: Any) -> Any:
+    if isinstance(v, dict) and "grid_search" in v:
+        return {"grid_search": v["grid_search"]}
+    if hasattr(v, "sample"):
+        return repr(v)
+    return v
+
+
+# -- trial config ---------------------------------------------------------------------------
+def split_trial_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """A Tune trial config -> (config overrides, trial settings, shown values by search key)."""
+    overrides: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    shown: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            items = {k: v for k, v in value.items() if k != "name"}
+            shown[key] = str(value.get("name", ",".join(f"{k}={v}" for k, v in items.items())))
+        else:
+            items = {key: value}
+            shown[key] = _fmt(value)
+        for k, v in items.items():
+            (settings if k in TRIAL_KEYS else overrides)[k] = v
+    return overrides, settings, shown
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def trial_config(base: dict[str, Any], config: dict[str, Any]):
+    """The validated :class:`~affvae.config.Config` of a trial: base + the trial's overrides."""
+    from affvae.config import build_config
+
+    overrides, _, shown = split_trial_config(config)
+    return build_config(base, overrides, source=f"trial {', '.join(f'{k}={v}' for k, v in shown.items())}")
+
+
+def data_key(cfg) -> str:
+    """Trials whose data configs agree share one dataset."""
+    return json.dumps({"data": cfg.data.model_dump(mode="json"), "seed": cfg.seed}, sort_keys=True)
+
+
+def trial_label(config: dict[str, Any]) -> str:
+    _, _, shown = split_trial_config(config)
+    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in shown.items()) or "trial"
+
+
+# -- the trial (runs in a Ray Tune actor) ---------------------------------------------------
+def _trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
+    """One trial: a TorchTrainer whose per-epoch reports reach Tune; raises TrialFailed."""
+    import ray
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from affvae.data.sources import build_dataset, resolve_affinity
+    from affvae.distributed import failure_reason, make_trainer
+
+    cfg = trial_config(shared["base"], config)
+    _, settings, _ = split_trial_config(config)
+    ref = shared["data"].get(data_key(cfg))
+    data = ray.get(ref) if ref is not None else build_dataset(cfg)
+    if ref is None:
+        ref = ray.put(data)
+    affinity = resolve_affinity(cfg, data)
+    trial_id = ray.tune.get_context().get_trial_id()
+    trainer = make_trainer(
+        cfg, ref, affinity, workers=int(settings.get("trial.workers", shared["workers"])),
+        use_gpu=shared["use_gpu"], cpus_per_worker=shared["cpus_per_worker"],
+        storage=shared["train_storage"], name=trial_id, max_failures=shared["max_failures"],
+        keep_checkpoints=2, callbacks=[TuneReportCallback()])
+    try:
+        result = trainer.fit()
+        error = result.error
+    except Exception as e:  # noqa: BLE001 - Ray wraps the worker's own error
+        error = e
+    if error is not None:
+        raise TrialFailed(failure_reason(error))
+
+
+# -- MLflow while the study runs -------------------------------------------------------------
+def _epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
+    keep = ("beta", "gamma", "val_accuracy", "epoch_seconds", "samples_per_second")
+    return {k: v for k, v in result.items() if k.startswith(("train_", "val_")) or k in keep}
+
+
+def _error_reason(text: str) -> str:
+    """The reason line of a Tune error file (the TrialFailed message, else the last line)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "TrialFailed:" in ln:
+            return ln.split("TrialFailed:", 1)[1].strip()
+    return lines[-1] if lines else "unknown error"
+
+
+def _trial_params(base, config, settings_default: dict[str, Any]) -> dict[str, Any]:
+    cfg = trial_config(base, config)
+    _, settings, shown = split_trial_config(config)
+    params = dict(cfg.flat())
+    params["trial.workers"] = settings.get("trial.workers", settings_default["workers"])
+    params["trial.use_gpu"] = settings_default["use_gpu"]
+    params.update({f"search.{k}": v for k, v in shown.items()})
+    return params
+
+
+def _make_callback(tracker, base, settings):
+    from ray.tune import Callback
+
+    class StudyCallback(Callback):
+        """Logs each trial to its MLflow child run as Tune reports (driver process)."""
+
+        def __init__(self):
+            self.tracker, self.base, self.settings = tracker, base, settings
+            self._last_step: dict[str, int] = {}
+
+        def _run(self, trial) -> str:
+            return self.tracker.trial_run(trial.trial_id, trial_label(trial.config),
+                                          _trial_params(self.base, trial.config, self.settings))
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            rid = self._run(trial)
+            self.tracker.set_tags(rid, {"affvae.status": "running"})
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            rid = self._run(trial)
+            step = int(result.get("epoch", result.get("training_iteration", 0)))
+            if step <= self._last_step.get(trial.trial_id, 0):
+                return
+            self._last_step[trial.trial_id] = step
+            self.tracker.log_metrics(rid, _epoch_metrics(result), step=step)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            rid = self._run(trial)
+            reason = "unknown error"
+            if trial.error_file and Path(trial.error_file).is_file():
+                reason = _error_reason(Path(trial.error_file).read_text(errors="replace"))
+            self.tracker.set_tags(rid, {"affvae.status": "failed", "affvae.error": reason})
+            self.tracker.finish(rid, "FAILED")
+
+    return StudyCallback()
+
+
+# -- after the search: evaluate every trial's newest checkpoint -------------------------------
+def evaluate_trial(base: dict[str, Any], config: dict[str, Any], checkpoint_path: str, out_dir: str,
+                   data=None) -> dict[str, Any]:
+    """Write a trial's run folder from its newest checkpoint; metrics plus a 2-D embedding."""
+    from affvae.data.sources import build_dataset, resolve_affinity
+    from affvae.distributed import read_checkpoint, result_from_state
+    from affvae.embed import embed
+    from affvae.runs import read_embeddings, save_run
+
+    cfg = trial_config(base, config)
+    if data is None:
+        data = build_dataset(cfg)
+    state = read_checkpoint(checkpoint_path)
+    history = list(state["history"])
+    seconds = float(sum(h.get("epoch_seconds", 0.0) for h in history))
+    result = result_from_state(cfg, data, state, resolve_affinity(cfg, data), seconds=seconds)
+    metrics = save_run(result, data, out_dir)
+    emb = read_embeddings(Path(out_dir) / "embeddings.parquet")
+    emb = emb[emb["split"].isin(["test", "unseen"])]
+    mu = emb[[c for c in emb.columns if c.startswith("mu_")]].to_numpy()
+    xy = embed(mu, method=cfg.eval.embedding, ndim_data=len(data.shape), seed=cfg.seed) if len(mu) else \
+        np.zeros((0, 2))
+    _save_xy(Path(out_dir) / "embedding_2d.parquet", xy, emb["class"].to_numpy(), emb["split"].to_numpy())
+    if history:
+        rates = [h["samples_per_second"] for h in history[1:] or history if "samples_per_second" in h]
+        metrics["samples_per_second"] = float(np.median(rates)) if rates else math.nan
+        metrics["best_val_accuracy"] = float(np.nanmax([h.get("val_accuracy", math.nan) for h in history]))
+    return metrics
+
+
+def _save_xy(path: Path, xy, labels, split) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from affvae.provenance import atomic_save
+
+    table = pa.table({"x": xy[:, 0], "y": xy[:, 1], "class": list(map(str, labels)), "split": list(map(str, split))})
+    atomic_save(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _load_xy(path: Path):
+    import pyarrow.parquet as pq
+
+    df = pq.read_table(path).to_pandas()
+    unseen = sorted(set(df.loc[df["split"] == "unseen", "class"]))
+    return df[["x", "y"]].to_numpy(), df["class"].to_numpy(), unseen
+
+
+# -- the study ---------------------------------------------------------------------------------
+@dataclass
+class StudyResult:
+    study_dir: Path
+    tracking_uri: str
+    trials: list[dict[str, Any]]
+    seconds: float
+
+    def best(self, metric: str = "accuracy") -> dict[str, Any] | None:
+        done = [t for t in self.trials if isinstance(t.get(metric), (int, float)) and math.isfinite(t[metric])]
+        return max(done, key=lambda t: t[metric]) if done else None
+
+
+def _scheduler(spec: StudySpec, epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler == "fifo":
+        return FIFOScheduler()
+    if spec.scheduler != "asha":
+        raise ConfigError(f"study {spec.name}: scheduler must be 'asha' or 'fifo', not {spec.scheduler!r}")
+    return ASHAScheduler(time_attr="epoch", metric=spec.metric, mode=spec.mode, max_t=epochs,
+                         grace_period=min(spec.grace_period, epochs), reduction_factor=spec.reduction_factor)
+
+
+def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, resume: bool = False,
+              tracking_uri: str | None = None, address: str | None = None,
+              progress: bool = True) -> StudyResult:
+    """Run (or with ``resume`` continue) a study; returns every trial's final numbers."""
+    import ray
+    from ray import tune
+
+    from affvae.config import build_config
+    from affvae.data.sources import build_dataset
+    from affvae.distributed import ensure_ray
+    from affvae.provenance import atomic_write, write_provenance
+    from affvae.tracking import StudyTracker, resolve_tracking_uri
+
+    t0 = time.perf_counter()
+    study_dir = Path(study_dir).resolve()
+    exp_dir = study_dir / "ray" / spec.name
+    state_file = study_dir / "study.json"
+    if resume and not state_file.is_file():
+        raise AffvaeError(f"{study_dir}: no study to resume (missing study.json)")
+    if not resume and state_file.is_file():
+        raise AffvaeError(f"{study_dir}: already holds a study; use --resume to continue it or another --out")
+    base_cfg = build_config(spec.base, source=f"study {spec.name}")
+    for key in spec.space:
+        if isinstance(spec.space[key], dict) and "grid_search" not in spec.space[key]:
+            raise ConfigError(f"study {spec.name}: search key {key!r}: a dict value must be tune.grid_search")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    uri = resolve_tracking_uri(tracking_uri, study_dir)
+    tracker = StudyTracker(uri, spec.name, artifact_dir=study_dir / "mlartifacts")
+    parent = tracker.parent_run({"study.description": spec.description, **{f"base.{k}": v for k, v in
+                                                                          base_cfg.flat().items()}})
+    if not resume:
+        write_provenance(study_dir, params={"spec": spec.to_json()}, seed=base_cfg.seed)
+        with atomic_write(state_file) as fh:
+            json.dump({"spec": spec.to_json(), "tracking_uri": uri, "parent_run": parent,
+                       "status": "running"}, fh, indent=2, default=str)
+
+    # a local Ray gets one logical CPU beyond the cores: trial drivers and evaluations are light
+    ensure_ray(address, num_cpus=None if (address or os.environ.get("RAY_ADDRESS")) else
+               (os.cpu_count() or 1) + 1)
+    data = build_dataset(base_cfg, progress=progress)
+    shared = {"base": spec.base, "data": {data_key(base_cfg): ray.put(data)}, "workers": spec.workers,
+              "use_gpu": spec.use_gpu, "cpus_per_worker": spec.cpus_per_worker,
+              "max_failures": spec.max_failures, "train_storage": str(study_dir / "train")}
+    trainable = tune.with_resources(tune.with_parameters(_trial, shared=shared), {"cpu": TRIAL_DRIVER_CPU})
+    settings = {"workers": spec.workers, "use_gpu": spec.use_gpu}
+    if resume and tune.Tuner.can_restore(str(exp_dir)):
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        per_trial = spec.cpus_per_worker * spec.workers
+        max_conc = spec.max_concurrent or max(1, int((ray.cluster_resources().get("CPU", 1) - 1) // per_trial))
+        tuner = tune.Tuner(
+            trainable, param_space=spec.space,
+            tune_config=tune.TuneConfig(scheduler=_scheduler(spec, base_cfg.train.epochs),
+                                        num_samples=spec.num_samples, max_concurrent_trials=max_conc,
+                                        trial_name_creator=lambda t: f"{t.trial_id}_{trial_label(t.config)}",
+                                        trial_dirname_creator=lambda t: t.trial_id),
+            run_config=tune.RunConfig(name=spec.name, storage_path=str(study_dir / "ray"),
+                                      callbacks=[_make_callback(tracker, spec.base, settings)],
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      verbose=1 if progress else 0),
+        )
+    grid = tuner.fit()
+    trials = finalize_study(spec, study_dir, grid, tracker, shared, progress=progress)
+    with atomic_write(state_file) as fh:
+        json.dump({"spec": spec.to_json(), "tracking_uri": uri, "parent_run": parent, "status": "finished",
+                   "trials": len(trials), "seconds": time.perf_counter() - t0}, fh, indent=2, default=str)
+    return StudyResult(study_dir, uri, trials, time.perf_counter() - t0)
+
+
+def _trial_rows(spec: StudySpec, grid) -> list[dict[str, Any]]:
+    """One dict per trial from Tune's results: status, epochs, newest checkpoint, error."""
+    epochs = None
+    rows = []
+    for res in grid:
+        m = dict(res.metrics or {})
+        config = res.config or {}
+        cfg = trial_config(spec.base, config)
+        epochs = cfg.train.epochs
+        _, _, shown = split_trial_config(config)
+        trial_id = m.get("trial_id") or Path(res.path).name
+        row = {"trial_id": trial_id, "name": trial_label(config), "config": config, **shown,
+               "epochs_done": int(m.get("epoch", 0) or 0), "epochs": epochs,
+               "checkpoint": m.get("checkpoint_path"), "val_accuracy": m.get("val_accuracy")}
+        if res.error is not None:
+            row["status"] = "failed"
+            row["error"] = _error_reason(str(res.error))
+        elif row["epochs_done"] < epochs:
+            row["status"] = "stopped_early"
+        else:
+            row["status"] = "completed"
+        rows.append(row)
+    return rows
+
+
+def finalize_study(spec: StudySpec, study_dir: Path, grid, tracker, shared: dict[str, Any],
+                   progress: bool = True) -> list[dict[str, Any]]:
+    """Evaluate every trial with a checkpoint, log it to MLflow, write the study summary."""
+    import ray
+
+    rows = _trial_rows(spec, grid)
+    runs = tracker.trial_runs()
+    settings = {"workers": spec.workers, "use_gpu": spec.use_gpu}
+    node = ray.get_runtime_context().get_node_id()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    remote_eval = ray.remote(num_cpus=1, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))(
+        _evaluate_remote)
+    pending = {}
+    for row in rows:
+        rid = tracker.trial_run(row["trial_id"], row["name"], _trial_params(spec.base, row["config"], settings))
+        row["run_id"] = rid
+        out = study_dir / "trials" / f"{row['trial_id']}_{_safe(row['name'])}"
+        row["run_dir"] = str(out)
+        run = runs.get(row["trial_id"])
+        if run is not None and run.data.tags.get("affvae.evaluated") == "1" and (out / "metrics.json").is_file():
+            row.update({k: v for k, v in run.data.metrics.items() if k in FINAL_METRICS or k in
+                        ("samples_per_second", "best_val_accuracy")})
+            continue
+        if row["status"] == "failed" or not row.get("checkpoint"):
+            tracker.set_tags(rid, {"affvae.status": row["status"], "affvae.evaluated": "0",
+                                   **({"affvae.error": row["error"]} if row.get("error") else {})})
+            tracker.finish(rid, "FAILED" if row["status"] == "failed" else "KILLED")
+            continue
+        cfg = trial_config(spec.base, row["config"])
+        ref = shared["data"].get(data_key(cfg))
+        pending[remote_eval.remote(spec.base, row["config"], row["checkpoint"], str(out), ref)] = row
+    bar = None
+    if progress and pending:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pending), desc="evaluate trials", unit="trial", disable=None)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        row = pending.pop(done[0])
+        try:
+            metrics = ray.get(done[0])
+        except Exception as e:  # noqa: BLE001 - one trial's evaluation must not end the study
+            row["status"] = "failed"
+            row["error"] = f"evaluation failed: {_error_reason(str(e))}"
+            tracker.set_tags(row["run_id"], {"affvae.status": "failed", "affvae.error": row["error"]})
+            tracker.finish(row["run_id"], "FAILED")
+        else:
+            _log_trial(tracker, row, metrics)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    write_summary(spec, study_dir, rows, tracker)
+    return [{k: v for k, v in r.items() if k != "config"} for r in rows]
+
+
+def _evaluate_remote(base, config, checkpoint, out, data):
+    import torch
+
+    torch.set_num_threads(1)
+    return evaluate_trial(base, config, checkpoint, out, data)
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_.=," else "_" for ch in name)[:80]
+
+
+def _log_trial(tracker, row: dict[str, Any], metrics: dict[str, Any]) -> None:
+    out = Path(row["run_dir"])
+    final = {k: metrics.get(k) for k in (*FINAL_METRICS, "samples_per_second", "best_val_accuracy")}
+    row.update({k: v for k, v in final.items() if v is not None})
+    step = row["epochs_done"]
+    tracker.log_metrics(row["run_id"], final, step=step)
+    tracker.log_artifacts(row["run_id"], [out / f for f in ARTIFACTS])
+    tracker.log_artifacts(row["run_id"], sorted((out / "figures").glob("*.png")), "figures")
+    near = metrics.get("nearest_seen") or {}
+    tags = {"affvae.status": row["status"], "affvae.evaluated": "1", "affvae.run_dir": str(out)}
+    tags.update({f"affvae.nearest_seen.{c}": ",".join(v) for c, v in near.items()})
+    tracker.set_tags(row["run_id"], tags)
+    tracker.finish(row["run_id"], "FINISHED")
+
+
+def write_summary(spec: StudySpec, study_dir: Path, rows: list[dict[str, Any]], tracker) -> dict[str, Path]:
+    """trials.csv, the heatmap of the searched pair and the grid of embeddings -> parent run."""
+    import pandas as pd
+
+    from affvae.plots import plot_embedding_grid, plot_matrix
+    from affvae.provenance import atomic_save
+
+    out = study_dir / "summary"
+    out.mkdir(parents=True, exist_ok=True)
+    searched = list(spec.space)
+    cols = ["trial_id", "name", "status", *searched, "epochs_done", "epochs", *FINAL_METRICS,
+            "best_val_accuracy", "samples_per_second", "run_id", "run_dir", "error"]
+    df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
+    paths = {"trials": out / "trials.csv"}
+    atomic_save(paths["trials"], lambda tmp: df.to_csv(tmp, index=False))
+    row_key, col_key = spec.rows, spec.cols
+    if col_key and col_key in df:
+        row_vals = _ordered(df[row_key]) if row_key and row_key in df else [""]
+        col_vals = _ordered(df[col_key])
+        acc = np.full((len(row_vals), len(col_vals)), np.nan)
+        cells = {}
+        for i, rv in enumerate(row_vals):
+            for j, cv in enumerate(col_vals):
+                sel = df[(df[col_key] == cv) & ((df[row_key] == rv) if row_key and row_key in df else True)]
+                vals = pd.to_numeric(sel["accuracy"], errors="coerce").dropna()
+                if len(vals):
+                    acc[i, j] = vals.mean()
+                done = sel[sel["accuracy"].notna()]
+                if len(done) and (Path(done["run_dir"].iloc[0]) / "embedding_2d.parquet").is_file():
+                    cells[(rv, cv)] = _load_xy(Path(done["run_dir"].iloc[0]) / "embedding_2d.parquet")
+        rname = row_key.split(".")[-1] if row_key else ""
+        cname = col_key.split(".")[-1]
+        paths["heatmap"] = plot_matrix(acc, col_vals, out / "heatmap.png", row_labels=row_vals if row_key else
+                                       ["accuracy"], vmin=0.0, vmax=1.0, cmap="viridis",
+                                       title=f"{spec.name}: seen test accuracy ({rname} x {cname})",
+                                       colorbar_label="accuracy", fmt=".2f", annotate=True,
+                                       xlabel=cname, ylabel=rname)
+        if cells:
+            paths["embeddings"] = plot_embedding_grid(cells, row_vals, col_vals, out / "embeddings_grid.png",
+                                                      row_name=rname, col_name=cname,
+                                                      title=f"{spec.name}: latent embeddings (test + unseen)")
+    parent = tracker.parent_run()
+    tracker.log_artifacts(parent, paths.values(), "summary")
+    acc = pd.to_numeric(df["accuracy"], errors="coerce")
+    tracker.log_metrics(parent, {"best_accuracy": acc.max(), "trials": len(df),
+                                 "trials_failed": int((df["status"] == "failed").sum()),
+                                 "trials_stopped_early": int((df["status"] == "stopped_early").sum())})
+    tracker.finish(parent, "FINISHED")
+    return paths
+
+
+def _ordered(series) -> list[str]:
+    vals = list(dict.fromkeys(series.dropna().astype(str)))
+    try:
+        return sorted(vals, key=float)
+    except ValueError:
+        return vals
+
+
+# -- the command line shared by studies/*.py ---------------------------------------------------
+def study_arguments(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="study folder (default runs/STUDY_NAME)")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--smoke-test", action="store_true", help="a tiny study for CI (a few minutes)")
+    scale.add_argument("--scale", choices=["local", "paper"], default="local",
+                       help="local: about 20 minutes on a 2-core machine (default); paper: the paper's grid, "
+                            "for a cluster")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study in --out")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
+                                          "sqlite:///OUT/mlflow.db)")
+    p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS or a local Ray)")
+    p.add_argument("--workers", type=int, help="Ray Train workers per trial")
+    p.add_argument("--gpu", action="store_true", help="one GPU per Ray Train worker")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as CPUs allow)")
+    p.add_argument("--max-failures", type=int, help="worker failures a trial recovers from (default 0)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return p
+
+
+def study_main(description: str, build: Callable[[str], StudySpec], argv: Sequence[str] | None = None) -> int:
+    """Parse the shared study options, run the study, print where its results are."""
+    from affvae.cli import report_errors
+
+    args = study_arguments(description).parse_args(argv)
+
+    def run() -> int:
+        spec = build("smoke" if args.smoke_test else args.scale)
+        for attr, val in (("workers", args.workers), ("max_concurrent", args.max_concurrent),
+                          ("max_failures", args.max_failures)):
+            if val is not None:
+                setattr(spec, attr, val)
+        if args.gpu:
+            spec.use_gpu = True
+        out = Path(args.out or Path("runs") / spec.name)
+        res = run_study(spec, out, resume=args.resume, tracking_uri=args.tracking_uri, address=args.address)
+        print_summary(spec, res)
+        return 0
+
+    return report_errors(Path(sys.argv[0]).name or "study", run, debug=args.debug)
+
+
+def print_summary(spec: StudySpec, res: StudyResult) -> None:
+    n = len(res.trials)
+    by = {s: sum(t["status"] == s for t in res.trials) for s in ("completed", "stopped_early", "failed")}
+    print(f"\nstudy {spec.name}: {n} trials ({by['completed']} completed, {by['stopped_early']} stopped early "
+          f"by ASHA, {by['failed']} failed) in {res.seconds / 60:.1f} min")
+    best = res.best()
+    if best:
+        print(f"best trial {best['name']}: seen test accuracy {best['accuracy']:.3f}")
+    base = [t for t in res.trials if str(t.get("loss.gamma")) in ("0", "0.0") and t.get("accuracy") is not None]
+    if base:
+        print(f"gamma = 0 baseline: best seen test accuracy {max(t['accuracy'] for t in base):.3f}")
+    for t in res.trials:
+        if t["status"] == "failed":
+            print(f"  failed {t['name']}: {t.get('error')}")
+    print(f"study folder: {res.study_dir}  (summary/trials.csv, summary/heatmap.png)")
+    print(f"MLflow: mlflow ui --backend-store-uri {res.tracking_uri}   (experiment {spec.name!r})"
+          if res.tracking_uri.startswith("sqlite") else f"MLflow: {res.tracking_uri} (experiment {spec.name!r})")
+
+
+def deep_update(base: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with sections updated key by key (for studies' scale variants)."""
+    out = copy.deepcopy(base)
+    for name, values in sections.items():
+        out.setdefault(name, {}).update(values)
+    return out

@@ -15,7 +15,7 @@ import sys
 from affvae import __version__
 from affvae.errors import AffvaeError
 
-COMMANDS = ["simulate", "affinity", "check", "train", "evaluate"]
+COMMANDS = ["simulate", "affinity", "check", "train", "evaluate", "tune"]
 
 
 def build_parser() -> argparse.ArgumentParser:

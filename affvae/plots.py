@@ -75,7 +75,8 @@ def _draw_embedding(plt, ax, xy, labels, unseen, legend: bool, annotate: bool = 
     # one palette over seen then unseen classes, so no unseen class shares a seen colour
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     n = max(1, xy.shape[0])
-    size = float(np.clip(3000.0 / n, 4.0, 30.0)) * (1.0 if legend else 0.5)
+    size = float(np.clip(3000.0 / n, 4.0, 30.0)) * (1.0 if legend else 0.6)
+    star = size * 4 + 20 if legend else size * 1.5 + 4  # small panels of a grid: lighter stars
     unknown = labels == ""
     if unknown.any():
         ax.scatter(xy[unknown, 0], xy[unknown, 1], s=size, c="0.7", lw=0, label="unknown")
@@ -84,8 +85,8 @@ def _draw_embedding(plt, ax, xy, labels, unseen, legend: bool, annotate: bool = 
         ax.scatter(xy[m, 0], xy[m, 1], s=size, color=cmap(i % cmap.N), lw=0, alpha=0.8, label=c)
     for i, c in enumerate(new_cls, start=len(seen_cls)):
         m = labels == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=size * 4 + 20, marker="*", color=cmap(i % cmap.N),
-                   edgecolors="black", linewidths=0.6, label=f"{c} (unseen)", zorder=3)
+        ax.scatter(xy[m, 0], xy[m, 1], s=star, marker="*", color=cmap(i % cmap.N),
+                   edgecolors="black", linewidths=0.6 if legend else 0.2, label=f"{c} (unseen)", zorder=3)
         if annotate:
             top = (np.median(xy[m, 0]), xy[m, 1].max())  # name just above the cluster
             ax.annotate(f"{c} (unseen)", top, xytext=(0, 8), textcoords="offset points", fontsize=9,

@@ -86,6 +86,8 @@ class StudySpec:
     #: searched keys (or composite names) laid out as rows and columns of the summary figures
     rows: str | None = None
     cols: str | None = None
+    #: final metrics drawn as rows x cols heatmaps in the summary
+    summary_metrics: tuple[str, ...] = ("accuracy",)
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -312,9 +314,14 @@ def _scheduler(spec: StudySpec, epochs: int):
 
 
 def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, resume: bool = False,
-              tracking_uri: str | None = None, address: str | None = None,
+              tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
               progress: bool = True) -> StudyResult:
-    """Run (or with ``resume`` continue) a study; returns every trial's final numbers."""
+    """Run (or with ``resume`` continue) a study; returns every trial's final numbers.
+
+    ``storage`` is where Ray Tune and Ray Train keep trial state and checkpoints:
+    by default the study folder; on a multi-node cluster a path every node shares
+    (NFS) or a URI (``s3://bucket/studies``).
+    """
     import ray
     from ray import tune
 
@@ -326,7 +333,8 @@ def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, resume: bool = F
 
     t0 = time.perf_counter()
     study_dir = Path(study_dir).resolve()
-    exp_dir = study_dir / "ray" / spec.name
+    storage = (storage or str(study_dir)).rstrip("/")
+    exp_dir = f"{storage}/ray/{spec.name}"
     state_file = study_dir / "study.json"
     if resume and not state_file.is_file():
         raise AffvaeError(f"{study_dir}: no study to resume (missing study.json)")
@@ -353,7 +361,8 @@ def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, resume: bool = F
     data = build_dataset(base_cfg, progress=progress)
     shared = {"base": spec.base, "data": {data_key(base_cfg): ray.put(data)}, "workers": spec.workers,
               "use_gpu": spec.use_gpu, "cpus_per_worker": spec.cpus_per_worker,
-              "max_failures": spec.max_failures, "train_storage": str(study_dir / "train")}
+              "max_failures": spec.max_failures, "train_storage": f"{storage}/train",
+              "storage": storage}
     trainable = tune.with_resources(tune.with_parameters(_trial, shared=shared), {"cpu": TRIAL_DRIVER_CPU})
     settings = {"workers": spec.workers, "use_gpu": spec.use_gpu}
     if resume and tune.Tuner.can_restore(str(exp_dir)):
@@ -368,7 +377,7 @@ def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, resume: bool = F
                                         num_samples=spec.num_samples, max_concurrent_trials=max_conc,
                                         trial_name_creator=lambda t: f"{t.trial_id}_{trial_label(t.config)}",
                                         trial_dirname_creator=lambda t: t.trial_id),
-            run_config=tune.RunConfig(name=spec.name, storage_path=str(study_dir / "ray"),
+            run_config=tune.RunConfig(name=spec.name, storage_path=f"{storage}/ray",
                                       callbacks=[_make_callback(tracker, spec.base, settings)],
                                       failure_config=tune.FailureConfig(max_failures=0),
                                       verbose=1 if progress else 0),
@@ -437,7 +446,8 @@ def finalize_study(spec: StudySpec, study_dir: Path, grid, tracker, shared: dict
             continue
         cfg = trial_config(spec.base, row["config"])
         ref = shared["data"].get(data_key(cfg))
-        pending[remote_eval.remote(spec.base, row["config"], row["checkpoint"], str(out), ref)] = row
+        checkpoint = storage_path(shared["storage"], row["checkpoint"])
+        pending[remote_eval.remote(spec.base, row["config"], checkpoint, str(out), ref)] = row
     bar = None
     if progress and pending:
         from tqdm import tqdm
@@ -461,6 +471,12 @@ def finalize_study(spec: StudySpec, study_dir: Path, grid, tracker, shared: dict
         bar.close()
     write_summary(spec, study_dir, rows, tracker)
     return [{k: v for k, v in r.items() if k != "config"} for r in rows]
+
+
+def storage_path(storage: str, path: str) -> str:
+    """A checkpoint path as Ray reports it (no scheme for URIs) -> a URI Ray can open."""
+    scheme = storage.split("://", 1)[0] + "://" if "://" in storage else ""
+    return path if not scheme or "://" in path else scheme + path.lstrip("/")
 
 
 def _evaluate_remote(base, config, checkpoint, out, data):
@@ -508,24 +524,30 @@ def write_summary(spec: StudySpec, study_dir: Path, rows: list[dict[str, Any]], 
     if col_key and col_key in df:
         row_vals = _ordered(df[row_key]) if row_key and row_key in df else [""]
         col_vals = _ordered(df[col_key])
-        acc = np.full((len(row_vals), len(col_vals)), np.nan)
         cells = {}
-        for i, rv in enumerate(row_vals):
-            for j, cv in enumerate(col_vals):
-                sel = df[(df[col_key] == cv) & ((df[row_key] == rv) if row_key and row_key in df else True)]
-                vals = pd.to_numeric(sel["accuracy"], errors="coerce").dropna()
-                if len(vals):
-                    acc[i, j] = vals.mean()
-                done = sel[sel["accuracy"].notna()]
+        for rv in row_vals:
+            for cv in col_vals:
+                done = _select(df, row_key, rv, col_key, cv)
+                done = done[done["accuracy"].notna()]
                 if len(done) and (Path(done["run_dir"].iloc[0]) / "embedding_2d.parquet").is_file():
                     cells[(rv, cv)] = _load_xy(Path(done["run_dir"].iloc[0]) / "embedding_2d.parquet")
         rname = row_key.split(".")[-1] if row_key else ""
         cname = col_key.split(".")[-1]
-        paths["heatmap"] = plot_matrix(acc, col_vals, out / "heatmap.png", row_labels=row_vals if row_key else
-                                       ["accuracy"], vmin=0.0, vmax=1.0, cmap="viridis",
-                                       title=f"{spec.name}: seen test accuracy ({rname} x {cname})",
-                                       colorbar_label="accuracy", fmt=".2f", annotate=True,
-                                       xlabel=cname, ylabel=rname)
+        for metric in spec.summary_metrics:
+            vals = np.full((len(row_vals), len(col_vals)), np.nan)
+            for i, rv in enumerate(row_vals):
+                for j, cv in enumerate(col_vals):
+                    got = pd.to_numeric(_select(df, row_key, rv, col_key, cv)[metric], errors="coerce").dropna()
+                    vals[i, j] = got.mean() if len(got) else np.nan
+            bounded = metric in ("accuracy", "f1_macro", "novelty_auroc", "best_val_accuracy")
+            lo, hi = (0.0, 1.0) if bounded else (float(np.nanmin(vals)) if np.isfinite(vals).any() else 0.0,
+                                                 float(np.nanmax(vals)) if np.isfinite(vals).any() else 1.0)
+            name = "heatmap.png" if metric == "accuracy" else f"heatmap_{metric}.png"
+            paths[f"heatmap_{metric}"] = plot_matrix(
+                vals, col_vals, out / name, row_labels=row_vals if row_key else [metric], vmin=lo,
+                vmax=hi if hi > lo else lo + 1.0, cmap="viridis", colorbar_label=metric,
+                fmt=".2f" if bounded else ".3g", annotate=True, xlabel=cname, ylabel=rname,
+                title=f"{spec.name}: {metric}" + (f" ({rname} x {cname})" if rname else f" by {cname}"))
         if cells:
             paths["embeddings"] = plot_embedding_grid(cells, row_vals, col_vals, out / "embeddings_grid.png",
                                                       row_name=rname, col_name=cname,
@@ -538,6 +560,13 @@ def write_summary(spec: StudySpec, study_dir: Path, rows: list[dict[str, Any]], 
                                  "trials_stopped_early": int((df["status"] == "stopped_early").sum())})
     tracker.finish(parent, "FINISHED")
     return paths
+
+
+def _select(df, row_key, rv, col_key, cv):
+    sel = df[col_key].astype(str) == cv
+    if row_key and row_key in df:
+        sel &= df[row_key].astype(str) == rv
+    return df[sel]
 
 
 def _ordered(series) -> list[str]:
@@ -561,6 +590,8 @@ def study_arguments(description: str) -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
                                           "sqlite:///OUT/mlflow.db)")
     p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS or a local Ray)")
+    p.add_argument("--storage", help="Ray Tune/Train storage shared by all nodes (an NFS path or s3://...; "
+                                     "default: the study folder)")
     p.add_argument("--workers", type=int, help="Ray Train workers per trial")
     p.add_argument("--gpu", action="store_true", help="one GPU per Ray Train worker")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as CPUs allow)")
@@ -584,7 +615,8 @@ def study_main(description: str, build: Callable[[str], StudySpec], argv: Sequen
         if args.gpu:
             spec.use_gpu = True
         out = Path(args.out or Path("runs") / spec.name)
-        res = run_study(spec, out, resume=args.resume, tracking_uri=args.tracking_uri, address=args.address)
+        res = run_study(spec, out, resume=args.resume, tracking_uri=args.tracking_uri, address=args.address,
+                        storage=args.storage)
         print_summary(spec, res)
         return 0
 

@@ -1,0 +1,190 @@
+"""The study scripts end to end, each in its own process with a local Ray and SQLite MLflow.
+
+These are the slow tests (a Ray Train worker group takes 20-30 s to start here):
+the three --smoke-test studies, a study killed midway and resumed (with a trial whose
+loss turns to inf), MLflow's REST API over a finished study, and the notebook.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run_study(script, *args, timeout=600):
+    proc = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def trial_runs(study_dir, name):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{Path(study_dir).resolve()}/mlflow.db")
+    exp = client.get_experiment_by_name(name)
+    return client, client.search_runs([exp.experiment_id], "tags.`affvae.role` = 'trial'") if exp else []
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("studies") / "gamma_beta"
+    proc = run_study(ROOT / "studies" / "gamma_beta.py", "--smoke-test", "--out", out)
+    return out, proc.stdout
+
+
+def test_gamma_beta_smoke_logs_every_trial_with_accuracy_and_latent_map(smoke_study):
+    out, stdout = smoke_study
+    assert "study gamma_beta_smoke: 4 trials" in stdout
+    trials = pd.read_csv(out / "summary" / "trials.csv")
+    assert len(trials) == 4 and set(trials["status"]) <= {"completed", "stopped_early"}
+    assert trials["accuracy"].between(0, 1).all()
+    assert sorted(zip(trials["loss.beta"], trials["loss.gamma"])) == [(1, 0), (1, 2), (4, 0), (4, 2)]
+    for name in ("heatmap.png", "embeddings_grid.png"):
+        assert (out / "summary" / name).stat().st_size > 5000
+    client, runs = trial_runs(out, "gamma_beta_smoke")
+    assert len(runs) == 4 and len({r.data.tags["affvae.trial_id"] for r in runs}) == 4
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert 0 <= r.data.metrics["accuracy"] <= 1
+        assert r.data.params["trial.workers"] == "1"
+        names = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"latent_map.parquet", "metrics.json", "config.yaml", "figures"} <= names
+        epochs = client.get_metric_history(r.info.run_id, "train_total")
+        assert [m.step for m in epochs] == [1, 2, 3]
+    study = json.loads((out / "study.json").read_text())
+    assert study["status"] == "finished" and study["trials"] == 4
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_mlflow_server_answers_the_rest_api_over_the_study(smoke_study):
+    out, _ = smoke_study
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{out.resolve()}/mlflow.db"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        exp = json.load(urllib.request.urlopen(f"{base}/experiments/get-by-name?experiment_name=gamma_beta_smoke"))
+        eid = exp["experiment"]["experiment_id"]
+        req = urllib.request.Request(f"{base}/runs/search", method="POST",
+                                     headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"experiment_ids": [eid],
+                                                      "filter": "tags.`affvae.role` = 'trial'"}).encode())
+        runs = json.load(urllib.request.urlopen(req))["runs"]
+        assert len(runs) == 4
+        for run in runs:
+            assert any(m["key"] == "accuracy" for m in run["data"]["metrics"])
+            files = json.load(urllib.request.urlopen(f"{base}/artifacts/list?run_id={run['info']['run_id']}"))
+            assert "latent_map.parquet" in {f["path"] for f in files["files"]}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_the_notebook_runs_against_the_smoke_study(smoke_study):
+    out, _ = smoke_study
+    env = _env() | {"AFFVAE_STUDY": str(out)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbmake",
+                           str(ROOT / "notebooks" / "explore_study.ipynb")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+def test_similarity_metric_smoke_compares_none_fsc_and_soap(tmp_path):
+    out = tmp_path / "sim"
+    run_study(ROOT / "studies" / "similarity_metric.py", "--smoke-test", "--out", out)
+    trials = pd.read_csv(out / "summary" / "trials.csv")
+    assert sorted(trials["metric"]) == ["fsc", "none", "soap"]
+    assert (trials["status"] == "completed").all() and trials["epochs_done"].eq(2).all()
+    assert (out / "summary" / "heatmap.png").is_file()
+
+
+def test_dataset_scale_smoke_reports_accuracy_and_throughput(tmp_path):
+    out = tmp_path / "scale"
+    run_study(ROOT / "studies" / "dataset_scale.py", "--smoke-test", "--out", out)
+    trials = pd.read_csv(out / "summary" / "trials.csv")
+    assert sorted(trials["data.n_per_class"]) == [16, 32]
+    assert (trials["samples_per_second"] > 0).all() and trials["accuracy"].between(0, 1).all()
+    assert (out / "summary" / "heatmap_samples_per_second.png").is_file()
+
+
+STUDY = '''
+import sys
+from ray import tune
+from affvae.tune import StudySpec, study_main
+
+BASE = {"data": {"source": "alphanumeric", "size": 32, "glyphs": "aeb2", "unseen": ["2"], "n_per_class": 16},
+        "model": {"filters": [4, 8], "latent_dims": 4, "pose_dims": 1},
+        "train": {"epochs": 4, "threads": 1, "checkpoint_every": 1},
+        "eval": {"embedding": "pca", "figures": False}}
+
+def build(scale):
+    space = {"loss.beta": tune.grid_search([1.0, 2.0, 1e39])}  # 1e39 overflows float32: the loss is inf
+    return StudySpec("resume_test", BASE, space, scheduler="fifo", max_concurrent=1, cols="loss.beta")
+
+sys.exit(study_main("a study to kill and resume", build))
+'''
+
+
+def test_a_killed_study_resumes_and_a_diverging_trial_fails_with_its_reason(tmp_path):
+    script = tmp_path / "study.py"
+    script.write_text(STUDY)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(script), "--out", str(out)], cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:  # kill the whole process group (driver and its local Ray) once the second trial has started
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "mlflow.db").is_file() and len(trial_runs(out, "resume_test")[1]) >= 2:
+                break
+            time.sleep(2)
+        assert proc.poll() is None, "the study ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "summary").exists()
+
+    res = run_study(script, "--out", out, "--resume")
+    assert "3 trials" in res.stdout and "1 failed" in res.stdout
+    client, runs = trial_runs(out, "resume_test")
+    assert len(runs) == 3 and len({r.data.tags["affvae.trial_id"] for r in runs}) == 3
+    by_beta = {float(r.data.params["loss.beta"]): r for r in runs}
+    bad = by_beta[1e39]
+    assert bad.info.status == "FAILED"
+    assert "epoch 1" in bad.data.tags["affvae.error"] and "loss became" in bad.data.tags["affvae.error"]
+    for beta in (1.0, 2.0):
+        r = by_beta[beta]
+        assert r.info.status == "FINISHED" and 0 <= r.data.metrics["accuracy"] <= 1
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_total")]
+        assert steps == sorted(set(steps)) and steps[-1] == 4  # each epoch logged once
+    trials = pd.read_csv(out / "summary" / "trials.csv")
+    assert sorted(trials["status"]) == ["completed", "completed", "failed"]

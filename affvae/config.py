@@ -42,9 +42,17 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    #: "tetramino" / "alphanumeric" simulate in memory; "folder" reads ``path``
-    source: Literal["tetramino", "alphanumeric", "folder"] = "tetramino"
+    #: "tetramino" / "alphanumeric" / "proteins" simulate in memory; "folder" reads the
+    #: folder ``path``; "star" reads the subtomograms of the RELION particle STAR file ``path``
+    source: Literal["tetramino", "alphanumeric", "proteins", "folder", "star"] = "tetramino"
     path: str | None = None
+    #: proteins: PDB/mmCIF files or folders ("panel": the built-in panel), map resolution
+    #: and voxel size in Å (default resolution / 3)
+    structures: list[str] = Field(default_factory=lambda: ["panel"])
+    resolution: float = Field(default=10.0, gt=0)
+    voxel_size: float | None = Field(default=None, gt=0)
+    #: star: the column holding each particle's class
+    class_column: str = "rlnClassNumber"
     #: box side (simulated size, or resize folder data to a cube / square)
     size: int | None = Field(default=None, ge=8, le=512)
     #: classes to train on (default: classes.csv, or every simulated class not unseen)
@@ -82,8 +90,11 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.source == "folder" and not self.path:
-            raise ValueError("data.path is required when data.source is 'folder'")
+        if self.source in ("folder", "star") and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        if self.stream and self.source in ("proteins", "star"):
+            raise ValueError(f"data.stream: not available for data.source {self.source!r} yet "
+                             "(its items are rendered or read once, in memory)")
         if self.augment == "octahedral" and self.source == "alphanumeric":
             raise ValueError("data.augment: octahedral is for 3D volumes, not 2D glyphs")
         if self.val_fraction + self.test_fraction >= 0.9:

@@ -455,6 +455,30 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def read_items(files: Sequence[str | os.PathLike], size: int | None = None, progress: bool = False,
+               desc: str = "reading") -> np.ndarray:
+    """Read same-shaped volumes (or images) into one float32 array, optionally resized."""
+    from tqdm import tqdm
+
+    x: np.ndarray | None = None
+    first = ""
+    for i, f in enumerate(tqdm(files, desc=desc, unit="file", disable=None if progress else True)):
+        arr = read_volume(f)
+        if x is None:
+            x = np.empty((len(files),) + arr.shape, dtype=np.float32)
+            first = str(f)
+        elif arr.shape != x.shape[1:]:
+            shown = Path(first).name if Path(first).parent == Path(f).parent else first
+            raise DataError(
+                f"{f}: shape {_shape_str(arr.shape)} differs from "
+                f"{_shape_str(x.shape[1:])} of {shown}, expected all items the same shape"
+            )
+        x[i] = arr
+    if x is None:
+        raise DataError("no files to read")
+    return _resize(x, int(size)) if size is not None else x
+
+
 def load_folder(
     root: str | os.PathLike,
     *,
@@ -476,23 +500,8 @@ def load_folder(
     index = index_folder(root, classes=classes, affinity=affinity)
     root = index.root
 
-    from tqdm import tqdm
-
-    x: np.ndarray | None = None
-    first = ""
-    for i, rel in enumerate(tqdm(index.paths, desc=f"reading {root.name}", unit="file",
-                                 disable=None if progress else True)):
-        arr = read_volume(root / rel)
-        if x is None:
-            x = np.empty((len(index.paths),) + arr.shape, dtype=np.float32)
-            first = rel
-        elif arr.shape != x.shape[1:]:
-            raise DataError(
-                f"{root / rel}: shape {_shape_str(arr.shape)} differs from "
-                f"{_shape_str(x.shape[1:])} of {first}, expected all items the same shape"
-            )
-        x[i] = arr
-    assert x is not None  # index_folder guarantees at least one file
+    x = read_items([root / rel for rel in index.paths], progress=progress, desc=f"reading {root.name}")
+    first = index.paths[0]
 
     templates: dict[str, np.ndarray] = {}
     for cls, rel in index.templates.items():

@@ -18,6 +18,11 @@ from affvae.errors import ConfigError, DataError
 def make_simulator(d):
     from affvae.data.simulate import AlphanumericSimulator, TetraminoSimulator
 
+    if d.source == "proteins":
+        from affvae.data.proteins import ProteinSimulator
+
+        return ProteinSimulator(structures=d.structures, size=d.size or 64, resolution=d.resolution,
+                                voxel_size=d.voxel_size, rotation=d.rotation if d.rotation != "grid" else "uniform")
     if d.source == "alphanumeric":
         return AlphanumericSimulator(size=d.size or 64, glyphs=[g for g in d.glyphs if not g.isspace()],
                                      rotation=d.rotation if d.rotation != "grid" else "uniform")
@@ -71,8 +76,14 @@ def imaging_effects(x: np.ndarray, d, seed: int, chunk: int = 256) -> np.ndarray
 def build_dataset(cfg, progress: bool = False) -> Dataset:
     """The whole dataset of a config: training classes plus held-out ones."""
     d = cfg.data
-    if d.source == "folder":
-        ds = load_folder(d.path, size=d.size, classes=d.classes, affinity=d.affinity, progress=progress)
+    if d.source in ("folder", "star"):
+        if d.source == "folder":
+            ds = load_folder(d.path, size=d.size, classes=d.classes, affinity=d.affinity, progress=progress)
+        else:
+            from affvae.data.star import load_star
+
+            ds = load_star(d.path, class_column=d.class_column, size=d.size, classes=d.classes,
+                           progress=progress)
         if d.unseen:
             missing = [u for u in d.unseen if u not in set(ds.labels.tolist())]
             if missing:

@@ -78,6 +78,9 @@ class DataConfig(_Section):
     #: imaging effects on every item: additive Gaussian noise at this signal-to-noise
     #: (variance) ratio, and removal of the missing wedge of a +-wedge degree tilt series
     snr: float | None = Field(default=None, gt=0)
+    #: a contrast transfer function at this defocus (µm, underfocus > 0; 300 kV, Cs 2.7 mm,
+    #: 7% amplitude contrast), applied before the wedge and the noise; needs the voxel size
+    ctf_defocus: float | None = Field(default=None, gt=0, le=20)
     wedge: float | None = Field(default=None, gt=0, lt=90)
     #: per-item intensity normalisation: minmax to [0, 1], standard (z-score), none
     normalise: Literal["minmax", "standard", "none"] = "minmax"
@@ -92,6 +95,8 @@ class DataConfig(_Section):
     def _check(self):
         if self.source in ("folder", "star") and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        if self.ctf_defocus is not None and self.voxel_size is None and self.source != "proteins":
+            raise ValueError("data.ctf_defocus needs data.voxel_size (Å per voxel)")
         if self.stream and self.source in ("proteins", "star"):
             raise ValueError(f"data.stream: not available for data.source {self.source!r} yet "
                              "(its items are rendered or read once, in memory)")

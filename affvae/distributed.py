@@ -50,7 +50,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         # The dashboard serves Ray's state API, which Ray Train needs to release the
         # resources of a run whose trial Ray Tune stopped early; it listens on 127.0.0.1.
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=None,
+        # address="local": always a new instance, never another local cluster found on disk
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  _node_ip_address="127.0.0.1", log_to_driver=False, runtime_env=env)
 
 

@@ -438,6 +438,9 @@ def finalize_study(spec: StudySpec, study_dir: Path, grid, tracker, shared: dict
         if run is not None and run.data.tags.get("affvae.evaluated") == "1" and (out / "metrics.json").is_file():
             row.update({k: v for k, v in run.data.metrics.items() if k in FINAL_METRICS or k in
                         ("samples_per_second", "best_val_accuracy")})
+            row["nearest_seen"] = "; ".join(f"{k.split('.')[-1]}: {v.replace(',', ', ')}"
+                                            for k, v in run.data.tags.items()
+                                            if k.startswith("affvae.nearest_seen."))
             continue
         if row["status"] == "failed" or not row.get("checkpoint"):
             tracker.set_tags(rid, {"affvae.status": row["status"], "affvae.evaluated": "0",
@@ -499,6 +502,7 @@ def _log_trial(tracker, row: dict[str, Any], metrics: dict[str, Any]) -> None:
     tracker.log_artifacts(row["run_id"], [out / f for f in ARTIFACTS])
     tracker.log_artifacts(row["run_id"], sorted((out / "figures").glob("*.png")), "figures")
     near = metrics.get("nearest_seen") or {}
+    row["nearest_seen"] = "; ".join(f"{c}: {', '.join(v)}" for c, v in near.items())
     tags = {"affvae.status": row["status"], "affvae.evaluated": "1", "affvae.run_dir": str(out)}
     tags.update({f"affvae.nearest_seen.{c}": ",".join(v) for c, v in near.items()})
     tracker.set_tags(row["run_id"], tags)
@@ -516,7 +520,7 @@ def write_summary(spec: StudySpec, study_dir: Path, rows: list[dict[str, Any]], 
     out.mkdir(parents=True, exist_ok=True)
     searched = list(spec.space)
     cols = ["trial_id", "name", "status", *searched, "epochs_done", "epochs", *FINAL_METRICS,
-            "best_val_accuracy", "samples_per_second", "run_id", "run_dir", "error"]
+            "best_val_accuracy", "samples_per_second", "nearest_seen", "run_id", "run_dir", "error"]
     df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
     paths = {"trials": out / "trials.csv"}
     atomic_save(paths["trials"], lambda tmp: df.to_csv(tmp, index=False))
@@ -630,7 +634,10 @@ def print_summary(spec: StudySpec, res: StudyResult) -> None:
           f"by ASHA, {by['failed']} failed) in {res.seconds / 60:.1f} min")
     best = res.best()
     if best:
-        print(f"best trial {best['name']}: seen test accuracy {best['accuracy']:.3f}")
+        print(f"best trial {best['name']}: seen test accuracy {best['accuracy']:.3f}"
+              + (f", novelty AUROC {best['novelty_auroc']:.3f}" if best.get("novelty_auroc") is not None else ""))
+        if best.get("nearest_seen"):
+            print(f"  unseen classes, nearest seen centres: {best['nearest_seen']}")
     base = [t for t in res.trials if str(t.get("loss.gamma")) in ("0", "0.0") and t.get("accuracy") is not None]
     if base:
         print(f"gamma = 0 baseline: best seen test accuracy {max(t['accuracy'] for t in base):.3f}")

@@ -54,3 +54,21 @@ def test_octahedral_keeps_contents_and_is_reproducible():
     assert torch.equal(a, b)
     assert torch.allclose(a.sum((1, 2, 3, 4)), x.sum((1, 2, 3, 4)))
     assert torch.equal(a.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
+
+
+def test_ctf_has_its_first_zero_where_the_formula_says_and_acts_on_a_batch():
+    import numpy as np
+    import torch
+
+    from affvae.data.augment import apply_ctf, ctf_radial, electron_wavelength
+
+    lam = electron_wavelength(300.0)
+    assert abs(lam - 0.01969) < 1e-4  # 300 kV electrons: 0.0197 Å
+    k = np.linspace(1e-4, 0.1, 20001)
+    c = ctf_radial(k, defocus_um=3.0, amplitude_contrast=0.0, cs_mm=0.0)
+    first_zero = k[np.argmax(np.sign(c[1:]) != np.sign(c[:-1]))]
+    assert abs(first_zero - 1 / np.sqrt(lam * 3e4)) < 1e-4  # chi = pi: k = 1/sqrt(lambda dz)
+    x = torch.randn(3, 16, 16, 16)
+    y = apply_ctf(x, voxel_size=5.0, defocus_um=2.0)
+    assert y.shape == x.shape and not torch.allclose(x, y)
+    assert torch.allclose(apply_ctf(x[1:2], 5.0, 2.0), y[1:2], atol=1e-5)  # per item, batch-independent

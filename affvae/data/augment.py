@@ -174,3 +174,42 @@ def missing_wedge(x: torch.Tensor, tilt_max: float = 60.0, axis: str = "y") -> t
     F_ = torch.fft.rfftn(x, dim=(1, 2, 3))
     F_ = F_ * wedge_mask(size, tilt_max, axis).to(x.device)
     return torch.fft.irfftn(F_, s=x.shape[1:], dim=(1, 2, 3)).to(x.dtype)
+
+
+def electron_wavelength(voltage_kv: float) -> float:
+    """Relativistic electron wavelength in Å at an accelerating voltage in kV."""
+    v = voltage_kv * 1e3
+    return 12.2643 / np.sqrt(v * (1 + 0.978466e-6 * v))
+
+
+def ctf_radial(k: np.ndarray | torch.Tensor, defocus_um: float, voltage_kv: float = 300.0,
+               cs_mm: float = 2.7, amplitude_contrast: float = 0.07):
+    """The contrast transfer function at spatial frequencies ``k`` (1/Å), no envelope.
+
+    ``defocus_um`` > 0 is underfocus.  CTF = -(sqrt(1 - A^2) sin chi + A cos chi) with
+    chi = pi lambda dz k^2 - pi/2 Cs lambda^3 k^4.
+    """
+    lam = electron_wavelength(voltage_kv)
+    dz = defocus_um * 1e4
+    cs = cs_mm * 1e7
+    k2 = k * k
+    chi = np.pi * lam * dz * k2 - 0.5 * np.pi * cs * lam ** 3 * k2 * k2
+    a = amplitude_contrast
+    sin, cos = (torch.sin, torch.cos) if isinstance(k, torch.Tensor) else (np.sin, np.cos)
+    return -(np.sqrt(1 - a * a) * sin(chi) + a * cos(chi))
+
+
+def apply_ctf(x: torch.Tensor, voxel_size: float, defocus_um: float, voltage_kv: float = 300.0,
+              cs_mm: float = 2.7, amplitude_contrast: float = 0.07) -> torch.Tensor:
+    """Multiply each volume's (or image's) Fourier transform by the isotropic CTF (batched FFT)."""
+    nd = x.dim() - 1
+    if nd not in (2, 3):
+        raise ValueError(f"apply_ctf expects (N,H,W) or (N,D,H,W), got shape {tuple(x.shape)}")
+    dims = tuple(range(1, nd + 1))
+    freqs = [torch.fft.fftfreq(n, d=voxel_size, dtype=torch.float64) for n in x.shape[1:-1]]
+    freqs.append(torch.fft.rfftfreq(x.shape[-1], d=voxel_size, dtype=torch.float64))
+    mesh = torch.meshgrid(*freqs, indexing="ij")
+    k = torch.sqrt(sum(m * m for m in mesh))
+    ctf = ctf_radial(k, defocus_um, voltage_kv, cs_mm, amplitude_contrast).to(torch.float32)
+    F_ = torch.fft.rfftn(x, dim=dims) * ctf.to(x.device)
+    return torch.fft.irfftn(F_, s=x.shape[1:], dim=dims).to(x.dtype)

@@ -53,16 +53,20 @@ def normalise(x: np.ndarray, how: str) -> np.ndarray:
 
 def imaging_effects(x: np.ndarray, d, seed: int, chunk: int = 256) -> np.ndarray:
     """Missing wedge then noise at an SNR, as configured (batched, reproducible from seed)."""
-    if d.wedge is None and d.snr is None:
+    if d.wedge is None and d.snr is None and d.ctf_defocus is None:
         return x
     import torch
 
-    from affvae.data.augment import add_noise, missing_wedge
+    from affvae.data.augment import add_noise, apply_ctf, missing_wedge
+
+    voxel = d.voxel_size or d.resolution / 3  # proteins: the simulator's default voxel size
 
     g = torch.Generator().manual_seed(seed + 1)
     out = []
     for s in range(0, len(x), chunk):
         t = torch.from_numpy(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32))
+        if d.ctf_defocus is not None:
+            t = apply_ctf(t, voxel, d.ctf_defocus)
         if d.wedge is not None:
             if t.dim() != 4:
                 raise ConfigError("data.wedge: a missing wedge applies to 3D volumes only")

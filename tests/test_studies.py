@@ -188,3 +188,14 @@ def test_a_killed_study_resumes_and_a_diverging_trial_fails_with_its_reason(tmp_
         assert steps == sorted(set(steps)) and steps[-1] == 4  # each epoch logged once
     trials = pd.read_csv(out / "summary" / "trials.csv")
     assert sorted(trials["status"]) == ["completed", "completed", "failed"]
+
+
+def test_proteins_smoke_reports_the_nearest_seen_proteins_of_the_unseen_ones(tmp_path):
+    out = tmp_path / "prot"
+    proc = run_study(ROOT / "studies" / "proteins.py", "--smoke-test", "--out", out)
+    trials = pd.read_csv(out / "summary" / "trials.csv")
+    assert len(trials) == 2 and (trials["status"] == "completed").all()
+    assert trials["novelty_auroc"].between(0, 1).all()
+    for near in trials["nearest_seen"]:
+        assert near.startswith("1gui: ") and "; 2ebo: " in near
+    assert "nearest seen centres" in proc.stdout

@@ -66,3 +66,20 @@ def test_summary_writes_the_trials_table_and_a_heatmap_of_the_searched_pair(tmp_
     assert parent.data.metrics["trials_failed"] == 1 and parent.data.metrics["trials_stopped_early"] == 1
     assert {a.path for a in tracker.client.list_artifacts(parent.info.run_id, "summary")} == {
         "summary/trials.csv", "summary/heatmap.png"}
+
+
+def test_the_tune_command_turns_flags_into_a_search_space():
+    import argparse
+
+    from affvae.commands.tune import add_args, build_space
+
+    p = argparse.ArgumentParser()
+    add_args(p)
+    args = p.parse_args(["--out", "x", "--search", "loss.beta=1,4", "--choice", "data.affinity_metric=fsc,soap",
+                         "--loguniform", "train.lr=1e-4:1e-2"])
+    space = build_space(args)
+    assert space["loss.beta"] == {"grid_search": [1, 4]}
+    assert set(space["data.affinity_metric"].categories) == {"fsc", "soap"}
+    assert 1e-4 <= space["train.lr"].sample() <= 1e-2
+    with pytest.raises(ConfigError, match=r"--uniform 'model.latent_dims=8': expected KEY=LO:HI"):
+        build_space(p.parse_args(["--out", "x", "--uniform", "model.latent_dims=8"]))

@@ -97,7 +97,7 @@ class DataConfig(_Section):
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
         if self.ctf_defocus is not None and self.voxel_size is None and self.source != "proteins":
             raise ValueError("data.ctf_defocus needs data.voxel_size (Å per voxel)")
-        if self.stream and self.source in ("proteins", "star"):
+        if self.stream and self.source == "star":
             raise ValueError(f"data.stream: not available for data.source {self.source!r} yet "
                              "(its items are rendered or read once, in memory)")
         if self.augment == "octahedral" and self.source == "alphanumeric":

@@ -128,3 +128,23 @@ def test_a_proteins_config_builds_a_dataset_with_imaging_effects(blob, tmp_path)
     ds = build_dataset(cfg)
     assert ds.x.shape == (8, 32, 32, 32) and ds.classes == ["my-blob", "small"]
     assert np.allclose(ds.x.reshape(8, -1).std(1), 1.0, atol=1e-3)
+
+
+def test_protein_maps_stream_with_ctf_wedge_and_noise(blob):
+    from affvae.config import build_config
+    from affvae.data.stream import local_batches, render_batch, simulated_table, spec_from_config
+
+    path, *_ = blob
+    data = {"source": "proteins", "structures": [str(path)], "size": 32, "resolution": 8.0, "voxel_size": 2.5,
+            "stream": True, "normalise": "standard"}
+    plain = spec_from_config(build_config({"data": data}), ["my-blob"])
+    imaged = spec_from_config(build_config({"data": {**data, "ctf_defocus": 2.0, "wedge": 60.0, "snr": 1.0}}),
+                              ["my-blob"])
+    table = simulated_table(imaged, np.arange(4))
+    a, b = render_batch(table, plain)["x"], render_batch(table, imaged)["x"]
+    assert a.shape == b.shape == (4, 32, 32, 32) and np.isfinite(b).all()
+    # same objects, degraded (the CTF inverts the low-frequency contrast, as in cryo-EM)
+    assert 0.2 < abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.9
+    again = render_batch({k: v[2:] for k, v in table.items()}, imaged)["x"]
+    assert np.allclose(again, b[2:], atol=1e-5)  # an item renders the same in any batch
+    assert sum(len(b["x"]) for b in local_batches(imaged, simulated_table(imaged, np.arange(6)), 4)) == 6

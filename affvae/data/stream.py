@@ -96,7 +96,7 @@ def poses_from_uniforms(u: np.ndarray, ndim: int, rotation: str = "uniform", max
 class StreamSpec:
     """Everything a worker needs to render items: picklable and small."""
 
-    source: str  # "tetramino" | "alphanumeric" | "folder"
+    source: str  # "tetramino" | "alphanumeric" | "proteins" | "folder"
     classes: tuple[str, ...]  # class index = position here
     seed: int = 0
     sim: dict[str, Any] = field(default_factory=dict)  # simulator keyword arguments
@@ -107,6 +107,8 @@ class StreamSpec:
     rotate_files: bool = False  # random rotation of folder items
     snr: float | None = None
     wedge: float | None = None  # max tilt in degrees: remove the missing wedge
+    ctf_defocus: float | None = None  # µm: apply a CTF (needs voxel_size)
+    voxel_size: float | None = None  # Å
 
     def simulator(self):
         """The simulator of this spec, built once per process."""
@@ -122,7 +124,11 @@ def _simulator_cached(source: str, items: tuple):
         from affvae.data.simulate import SIMULATORS
 
         kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in items}
-        _SIMS[key] = SIMULATORS[source](**kwargs)
+        if source == "proteins":
+            from affvae.data.proteins import ProteinSimulator as cls
+        else:
+            cls = SIMULATORS[source]
+        _SIMS[key] = cls(**kwargs)
     return _SIMS[key]
 
 
@@ -132,15 +138,21 @@ def spec_from_config(cfg, classes: Sequence[str]) -> StreamSpec:
     if d.source == "folder":
         return StreamSpec("folder", tuple(classes), cfg.seed, root=d.path, size=d.size,
                           normalise=d.normalise, rotate_files=d.rotate_files,
-                          snr=d.snr, wedge=d.wedge)
-    if d.source == "alphanumeric":
+                          snr=d.snr, wedge=d.wedge, ctf_defocus=d.ctf_defocus, voxel_size=d.voxel_size)
+    voxel = d.voxel_size
+    if d.source == "proteins":
+        voxel = d.voxel_size or d.resolution / 3
+        sim = {"structures": tuple(d.structures), "size": d.size or 64, "resolution": d.resolution,
+               "voxel_size": voxel, "rotation": d.rotation if d.rotation != "grid" else "uniform"}
+    elif d.source == "alphanumeric":
         sim = {"size": d.size or 64, "glyphs": tuple(g for g in d.glyphs if not g.isspace())}
     else:
         sim = {"size": d.size or 32, "shapes": tuple(d.shapes), "cube": d.cube, "elongation": d.elongation,
                "fused": tuple(tuple(f.split("+")) for f in d.fused), "fuse_mode": d.fuse_mode,
                "rotation": d.rotation}
     return StreamSpec(d.source, tuple(classes), cfg.seed, sim=sim, normalise=d.normalise,
-                      rotation=d.rotation, snr=d.snr, wedge=d.wedge)
+                      rotation=d.rotation, snr=d.snr, wedge=d.wedge, ctf_defocus=d.ctf_defocus,
+                      voxel_size=voxel)
 
 
 def simulated_table(spec: StreamSpec, ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -161,7 +173,7 @@ def render_batch(batch: dict[str, np.ndarray], spec: StreamSpec) -> dict[str, np
     workers (:func:`ray_dataset`).  Noise is seeded by the items' seeds, so a
     batch renders identically anywhere.
     """
-    from affvae.data.augment import add_noise, missing_wedge, resize_to_box
+    from affvae.data.augment import add_noise, apply_ctf, missing_wedge, resize_to_box
     from affvae.data.sources import normalise
 
     labels = np.asarray(batch["label"], dtype=np.int64)
@@ -183,8 +195,10 @@ def render_batch(batch: dict[str, np.ndarray], spec: StreamSpec) -> dict[str, np
         pose = np.asarray(batch["pose"])
         x = sim.render(names, pose[:, 0] if sim.ndim == 2 else pose)
     x = normalise(x, spec.normalise)
-    if spec.wedge is not None or spec.snr is not None:
+    if spec.wedge is not None or spec.snr is not None or spec.ctf_defocus is not None:
         t = torch.from_numpy(x)
+        if spec.ctf_defocus is not None:
+            t = apply_ctf(t, spec.voxel_size, spec.ctf_defocus)
         if spec.wedge is not None and t.dim() == 4:
             t = missing_wedge(t, spec.wedge)
         if spec.snr is not None:

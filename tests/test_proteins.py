@@ -148,3 +148,22 @@ def test_protein_maps_stream_with_ctf_wedge_and_noise(blob):
     again = render_batch({k: v[2:] for k, v in table.items()}, imaged)["x"]
     assert np.allclose(again, b[2:], atol=1e-5)  # an item renders the same in any batch
     assert sum(len(b["x"]) for b in local_batches(imaged, simulated_table(imaged, np.arange(6)), 4)) == 6
+
+
+def test_mmcif_and_pdb_give_the_same_atoms(blob, tmp_path):
+    import gemmi
+
+    path, *_ = blob
+    st = gemmi.read_structure(str(path))
+    st.setup_entities()
+    cif = tmp_path / "my_blob.cif"
+    st.make_mmcif_document().write_file(str(cif))
+    a, b = read_atoms(path), read_atoms(cif)
+    assert np.allclose(a.xyz, b.xyz) and np.array_equal(a.z, b.z)
+
+
+def test_the_built_in_panel_reads_and_fits_the_default_box():
+    sim = ProteinSimulator()  # the panel, 64^3 at 10 A
+    assert len(sim.classes) >= 6
+    sizes = {c: len(sim.atoms(c).z) for c in sim.classes}
+    assert min(sizes.values()) >= 300 and max(sizes.values()) > 5 * min(sizes.values())

@@ -49,10 +49,22 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=False, runtime_env=env)
     else:
         # The dashboard serves Ray's state API, which Ray Train needs to release the
-        # resources of a run whose trial Ray Tune stopped early; it listens on 127.0.0.1.
-        # address="local": always a new instance, never another local cluster found on disk
+        # resources of a run whose trial Ray Tune stopped early; it listens on 127.0.0.1,
+        # on a port of its own that every worker is told (RAY_API_SERVER_ADDRESS), so the
+        # state API never reaches another Ray instance running on the same machine.
+        # address="local": always a new instance, never another local cluster found on disk.
+        port = _free_port()
+        env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1", log_to_driver=False, runtime_env=env)
+                 dashboard_port=port, _node_ip_address="127.0.0.1", log_to_driver=False, runtime_env=env)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _worker_loop(config: dict[str, Any]) -> None:

@@ -43,11 +43,31 @@ def trial_runs(study_dir, name):
     return client, client.search_runs([exp.experiment_id], "tags.`affvae.role` = 'trial'") if exp else []
 
 
+OTHER_RAY = "import ray, time; ray.init(address='local', num_cpus=1, include_dashboard=True); time.sleep(600)"
+
+
 @pytest.fixture(scope="session")
 def smoke_study(tmp_path_factory):
+    """The gamma_beta smoke study, with another Ray instance started on this machine while it runs.
+
+    Ray's state API finds "the latest" instance on a machine unless told otherwise; the
+    study's trials must still be cleaned up in their own instance (else the second wave
+    of trials waits forever for the first wave's CPUs).
+    """
     out = tmp_path_factory.mktemp("studies") / "gamma_beta"
-    proc = run_study(ROOT / "studies" / "gamma_beta.py", "--smoke-test", "--out", out)
-    return out, proc.stdout
+    proc = subprocess.Popen([sys.executable, str(ROOT / "studies" / "gamma_beta.py"), "--smoke-test", "--out",
+                             str(out)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(15)
+    other = subprocess.Popen([sys.executable, "-c", OTHER_RAY], env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        os.killpg(other.pid, signal.SIGTERM)
+        other.wait(timeout=60)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return out, stdout
 
 
 def test_gamma_beta_smoke_logs_every_trial_with_accuracy_and_latent_map(smoke_study):

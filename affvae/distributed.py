@@ -126,7 +126,7 @@ def make_trainer(cfg, data_ref, affinity, *, workers: int = 1, use_gpu: bool = F
     from ray.train.torch import TorchTrainer
 
     if workers < 1:
-        raise AffvaeError(f"workers {workers}: expected at least 1")
+        raise AffvaeError(f"--workers {workers}: expected at least 1")
     return TorchTrainer(
         _worker_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "data": data_ref, "affinity": affinity},
@@ -181,8 +181,6 @@ def train_distributed(cfg, data, workers: int = 2, use_gpu: bool = False,
 
     from affvae.data.sources import resolve_affinity
 
-    if workers < 1:
-        raise AffvaeError(f"--workers {workers}: expected at least 1")
     t0 = time.perf_counter()
     ensure_ray(num_cpus=max(os.cpu_count() or 1, workers + 1))
     if affinity is None:

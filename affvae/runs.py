@@ -68,6 +68,25 @@ def write_embeddings(path: Path, paths, labels, split, mu, pose, true_pose=None)
     atomic_save(path, lambda tmp: pq.write_table(pa.table(cols), tmp))
 
 
+def write_embedding_2d(path: Path, xy, labels, unseen) -> None:
+    """The plotted 2-D embedding of evaluated items (x, y, class, unseen), for study grids."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    labels = list(map(str, labels))
+    table = pa.table({"x": xy[:, 0], "y": xy[:, 1], "class": labels,
+                      "unseen": [lab in set(unseen) for lab in labels]})
+    atomic_save(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def read_embedding_2d(path: str | os.PathLike):
+    """(xy, labels, unseen classes) written by :func:`write_embedding_2d`."""
+    import pyarrow.parquet as pq
+
+    df = pq.read_table(path).to_pandas()
+    return df[["x", "y"]].to_numpy(), df["class"].to_numpy(), sorted(set(df.loc[df["unseen"], "class"]))
+
+
 def read_embeddings(path: str | os.PathLike):
     import pyarrow.parquet as pq
 
@@ -109,6 +128,7 @@ def evaluate_items(model, latent_map: LatentMap, x: np.ndarray, labels: np.ndarr
         pts = np.concatenate([mu, latent_map.centres]) if train_mu is None else np.concatenate([mu, train_mu])
         lab = np.concatenate([labels, latent_map.classes if train_mu is None else train_labels])
         xy = embed(pts, method=embedding, ndim_data=model.ndim, seed=seed)
+        write_embedding_2d(out / "embedding_2d.parquet", xy[:len(mu)], labels, unseen)
         plot_embedding(xy, lab, fig / "embedding.png", unseen=unseen,
                        title=f"latent mu ({embedding}); unseen: {', '.join(unseen) or 'none'}")
         cm, rows, cols = confusion(labels, pred["predicted"], seen_classes)

@@ -26,7 +26,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from affvae.errors import AffvaeError
 
@@ -132,8 +132,13 @@ class StudyTracker:
             self._parent = rid
         return self._parent
 
-    def trial_run(self, trial_id: str, name: str, params: dict[str, Any]) -> str:
-        """The child run of a trial, created once per trial id."""
+    def trial_run(self, trial_id: str, name: str,
+                  params: dict[str, Any] | Callable[[], dict[str, Any]]) -> str:
+        """The child run of a trial, created once per trial id.
+
+        ``params`` may be a function, called only when the run is created (callers log
+        per epoch and should not rebuild a trial's params every time).
+        """
         if trial_id in self._trial_runs:
             return self._trial_runs[trial_id]
         rid = self._find(**{ROLE_TAG: "trial", TRIAL_TAG: trial_id})
@@ -143,7 +148,7 @@ class StudyTracker:
                 self.experiment_id, run_name=name,
                 tags={STUDY_TAG: self.study, ROLE_TAG: "trial", TRIAL_TAG: trial_id,
                       STATUS_TAG: "running", "mlflow.parentRunId": parent}).info.run_id
-            self.log_params(rid, params)
+            self.log_params(rid, params() if callable(params) else params)
         else:
             self.client.update_run(rid, status="RUNNING")
         self._trial_runs[trial_id] = rid

@@ -216,7 +216,7 @@ def _make_callback(tracker, base, settings):
 
         def _run(self, trial) -> str:
             return self.tracker.trial_run(trial.trial_id, trial_label(trial.config),
-                                          _trial_params(self.base, trial.config, self.settings))
+                                          lambda: _trial_params(self.base, trial.config, self.settings))
 
         def on_trial_start(self, iteration, trials, trial, **info):
             rid = self._run(trial)
@@ -244,11 +244,10 @@ def _make_callback(tracker, base, settings):
 # -- after the search: evaluate every trial's newest checkpoint -------------------------------
 def evaluate_trial(base: dict[str, Any], config: dict[str, Any], checkpoint_path: str, out_dir: str,
                    data=None) -> dict[str, Any]:
-    """Write a trial's run folder from its newest checkpoint; metrics plus a 2-D embedding."""
+    """Write a trial's run folder from its newest checkpoint; returns its metrics."""
     from affvae.data.sources import build_dataset, resolve_affinity
     from affvae.distributed import read_checkpoint, result_from_state
-    from affvae.embed import embed
-    from affvae.runs import read_embeddings, save_run
+    from affvae.runs import save_run
 
     cfg = trial_config(base, config)
     if data is None:
@@ -257,36 +256,12 @@ def evaluate_trial(base: dict[str, Any], config: dict[str, Any], checkpoint_path
     history = list(state["history"])
     seconds = float(sum(h.get("epoch_seconds", 0.0) for h in history))
     result = result_from_state(cfg, data, state, resolve_affinity(cfg, data), seconds=seconds)
-    metrics = save_run(result, data, out_dir)
-    emb = read_embeddings(Path(out_dir) / "embeddings.parquet")
-    emb = emb[emb["split"].isin(["test", "unseen"])]
-    mu = emb[[c for c in emb.columns if c.startswith("mu_")]].to_numpy()
-    xy = embed(mu, method=cfg.eval.embedding, ndim_data=len(data.shape), seed=cfg.seed) if len(mu) else \
-        np.zeros((0, 2))
-    _save_xy(Path(out_dir) / "embedding_2d.parquet", xy, emb["class"].to_numpy(), emb["split"].to_numpy())
+    metrics = save_run(result, data, out_dir)  # also writes embedding_2d.parquet (with figures)
     if history:
         rates = [h["samples_per_second"] for h in history[1:] or history if "samples_per_second" in h]
         metrics["samples_per_second"] = float(np.median(rates)) if rates else math.nan
         metrics["best_val_accuracy"] = float(np.nanmax([h.get("val_accuracy", math.nan) for h in history]))
     return metrics
-
-
-def _save_xy(path: Path, xy, labels, split) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from affvae.provenance import atomic_save
-
-    table = pa.table({"x": xy[:, 0], "y": xy[:, 1], "class": list(map(str, labels)), "split": list(map(str, split))})
-    atomic_save(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def _load_xy(path: Path):
-    import pyarrow.parquet as pq
-
-    df = pq.read_table(path).to_pandas()
-    unseen = sorted(set(df.loc[df["split"] == "unseen", "class"]))
-    return df[["x", "y"]].to_numpy(), df["class"].to_numpy(), unseen
 
 
 # -- the study ---------------------------------------------------------------------------------
@@ -392,13 +367,11 @@ def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, resume: bool = F
 
 def _trial_rows(spec: StudySpec, grid) -> list[dict[str, Any]]:
     """One dict per trial from Tune's results: status, epochs, newest checkpoint, error."""
-    epochs = None
     rows = []
     for res in grid:
         m = dict(res.metrics or {})
         config = res.config or {}
-        cfg = trial_config(spec.base, config)
-        epochs = cfg.train.epochs
+        epochs = trial_config(spec.base, config).train.epochs
         _, _, shown = split_trial_config(config)
         trial_id = m.get("trial_id") or Path(res.path).name
         row = {"trial_id": trial_id, "name": trial_label(config), "config": config, **shown,
@@ -430,7 +403,8 @@ def finalize_study(spec: StudySpec, study_dir: Path, grid, tracker, shared: dict
         _evaluate_remote)
     pending = {}
     for row in rows:
-        rid = tracker.trial_run(row["trial_id"], row["name"], _trial_params(spec.base, row["config"], settings))
+        rid = tracker.trial_run(row["trial_id"], row["name"],
+                                lambda row=row: _trial_params(spec.base, row["config"], settings))
         row["run_id"] = rid
         out = study_dir / "trials" / f"{row['trial_id']}_{_safe(row['name'])}"
         row["run_dir"] = str(out)
@@ -515,6 +489,7 @@ def write_summary(spec: StudySpec, study_dir: Path, rows: list[dict[str, Any]], 
 
     from affvae.plots import plot_embedding_grid, plot_matrix
     from affvae.provenance import atomic_save
+    from affvae.runs import read_embedding_2d
 
     out = study_dir / "summary"
     out.mkdir(parents=True, exist_ok=True)
@@ -534,7 +509,7 @@ def write_summary(spec: StudySpec, study_dir: Path, rows: list[dict[str, Any]], 
                 done = _select(df, row_key, rv, col_key, cv)
                 done = done[done["accuracy"].notna()]
                 if len(done) and (Path(done["run_dir"].iloc[0]) / "embedding_2d.parquet").is_file():
-                    cells[(rv, cv)] = _load_xy(Path(done["run_dir"].iloc[0]) / "embedding_2d.parquet")
+                    cells[(rv, cv)] = read_embedding_2d(Path(done["run_dir"].iloc[0]) / "embedding_2d.parquet")
         rname = row_key.split(".")[-1] if row_key else ""
         cname = col_key.split(".")[-1]
         for metric in spec.summary_metrics:

@@ -62,9 +62,13 @@ class DataConfig(_Section):
     n_per_class: int = Field(default=200, ge=2)
     rotation: Literal["uniform", "grid", "none"] = "uniform"
     glyphs: str = "aebdpijzkxu2"
+    #: glyph scale: "natural" (the font's relative sizes) or "box" (every glyph's outline
+    #: box the same size)
+    glyph_size: Literal["natural", "box"] = "natural"
     shapes: list[str] = Field(default_factory=lambda: ["I", "O", "T", "L", "S", "branch", "screwR", "screwL"])
     fused: list[str] = Field(default_factory=list)  # e.g. ["L+T"]
-    fuse_mode: Literal["union", "blend"] = "union"
+    #: fused class: mean of the parents' densities (blend) or every cube of either (union)
+    fuse_mode: Literal["blend", "union"] = "blend"
     cube: float | None = Field(default=None, gt=0)
     elongation: float = Field(default=1.0, gt=0)
     #: training-time augmentation: "octahedral" rotates each 3D training item by a random
@@ -144,6 +148,9 @@ class LossConfig(_Section):
     gamma_schedule: Schedule = Field(default_factory=Schedule)
     recon: Literal["mse", "bce"] = "mse"
     convention: Literal["reference", "formula"] = "reference"
+    #: weight, inside S, of each item's pairs with fixed class anchors whose cosines
+    #: realise A (0: the paper's S over the batch's pairs only)
+    anchors: float = Field(default=0.0, ge=0.0)
 
 
 class TrainConfig(_Section):

@@ -48,25 +48,57 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, convention: str = "ref
     return kl.sum(1).mean()
 
 
+def class_anchors(affinity: torch.Tensor, dims: int) -> torch.Tensor:
+    """One fixed unit vector per class whose cosines best realise ``affinity``.
+
+    The symmetric part of A is factorised as V diag(l) V^T; negative eigenvalues are
+    dropped (A need not be positive semi-definite) and, when there are more classes
+    than latent dims, only the ``dims`` largest are kept.  Rows of V sqrt(l), padded
+    with zeros to ``dims`` and normalised, are the anchors: (C, dims), their Gram
+    matrix equal to A wherever A is a valid cosine matrix of rank <= dims.
+    """
+    a = affinity.double()
+    a = (a + a.T) / 2
+    evals, evecs = torch.linalg.eigh(a)
+    order = torch.argsort(evals, descending=True)[:dims]
+    p = evecs[:, order] * evals[order].clamp_min(0).sqrt()
+    if p.shape[1] < dims:
+        p = F.pad(p, (0, dims - p.shape[1]))
+    return F.normalize(p, dim=1, eps=1e-12).to(affinity.dtype)
+
+
 def affinity_loss(latent: torch.Tensor, class_idx: torch.Tensor, affinity: torch.Tensor,
-                  convention: str = "reference") -> torch.Tensor:
+                  convention: str = "reference", anchors: torch.Tensor | None = None,
+                  anchor_weight: float = 0.0) -> torch.Tensor:
     """S = sum |A[c_i, c_j] - cos(z_i, z_j)| over the pairs of a batch.
 
     ``latent`` (N, D), ``class_idx`` (N,) rows of ``affinity`` (C, C).  ``reference``:
     mean over the N(N-1)/2 pairs i < j; ``formula``: sum over all N^2 ordered pairs
     divided by N (the diagonal contributes |1 - 1| = 0).
+
+    With ``anchors`` (C, D, see :func:`class_anchors`) and ``anchor_weight`` > 0 the
+    pairs of each item with every class anchor are added, weighted by
+    ``anchor_weight`` and scaled the same way (mean over the N*C pairs, or their sum
+    divided by N): |A[c_i, c] - cos(z_i, a_c)|.  Item pairs alone carry no signal
+    that separates two classes once the encoder maps both to one point (the gradient
+    of the cosine vanishes there); the fixed anchors do.
     """
     n = latent.shape[0]
-    if n < 2:
-        return latent.new_zeros(())
     unit = F.normalize(latent.float(), dim=1, eps=1e-8)
-    cos = unit @ unit.T
-    target = affinity[class_idx][:, class_idx]
-    diff = (target - cos).abs()
-    if convention == "reference":
-        iu = torch.triu_indices(n, n, offset=1, device=latent.device)
-        return diff[iu[0], iu[1]].mean()
-    return diff.sum() / n
+    s = latent.new_zeros((), dtype=torch.float32)
+    if n >= 2:
+        cos = unit @ unit.T
+        target = affinity[class_idx][:, class_idx]
+        diff = (target - cos).abs()
+        if convention == "reference":
+            iu = torch.triu_indices(n, n, offset=1, device=latent.device)
+            s = diff[iu[0], iu[1]].mean()
+        else:
+            s = diff.sum() / n
+    if anchors is not None and anchor_weight > 0 and n >= 1:
+        diff_a = (affinity[class_idx] - unit @ anchors.float().T).abs()
+        s = s + anchor_weight * (diff_a.mean() if convention == "reference" else diff_a.sum() / n)
+    return s
 
 
 def schedule_value(schedule, base: float, epoch: int, epochs: int) -> float:
@@ -93,7 +125,8 @@ def schedule_value(schedule, base: float, epoch: int, epochs: int) -> float:
 
 
 def loss_terms(x, y, mu, logvar, z, class_idx, affinity, *, beta: float, gamma: float,
-               recon: str = "mse", convention: str = "reference"):
+               recon: str = "mse", convention: str = "reference", anchors=None,
+               anchor_weight: float = 0.0):
     """All terms for one batch: returns ``(total, terms)`` with unweighted terms.
 
     The affinity term is skipped (zero) when ``gamma`` is 0 or there is no matrix,
@@ -102,7 +135,8 @@ def loss_terms(x, y, mu, logvar, z, class_idx, affinity, *, beta: float, gamma: 
     r = reconstruction_loss(x, y, recon, convention)
     k = kl_divergence(mu, logvar, convention)
     if gamma > 0 and affinity is not None:
-        a = affinity_loss(mu if convention == "reference" else z, class_idx, affinity, convention)
+        a = affinity_loss(mu if convention == "reference" else z, class_idx, affinity, convention,
+                          anchors, anchor_weight)
     else:
         a = r.new_zeros(())
     total = r + beta * k + gamma * a

@@ -40,7 +40,7 @@ from affvae.affinity.matrix import AffinityMatrix
 from affvae.data.augment import random_octahedral
 from affvae.data.io import Dataset
 from affvae.errors import AffvaeError, DataError
-from affvae.losses import loss_terms, schedule_value
+from affvae.losses import class_anchors, loss_terms, schedule_value
 from affvae.model import AffinityVAE, build_model
 
 TERMS = ("recon", "kl", "affinity", "total")
@@ -271,6 +271,8 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
         raise DataError("data.augment: octahedral needs 3D volumes")
 
     latent = cfg.model.latent_dims
+    anchors = class_anchors(A, latent) if A is not None and lc.anchors > 0 else None
+    loss_kw = dict(recon=lc.recon, convention=lc.convention, anchors=anchors, anchor_weight=lc.anchors)
 
     def memory_batches(epoch: int, gen: torch.Generator):
         # the sampling noise of the global batch comes from the shared generator, so
@@ -322,7 +324,7 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
             with autocast:
                 recon, mu, logvar, pose, z = net(x.squeeze(1), eps=eps.to(device, non_blocking=True))
             total, terms = loss_terms(x.squeeze(1), recon, mu.float(), logvar.float(), z.float(), yc, A,
-                                      beta=beta, gamma=gamma, recon=lc.recon, convention=lc.convention)
+                                      beta=beta, gamma=gamma, **loss_kw)
             finite = torch.isfinite(total.detach()).float().reshape(1).cpu()
             if world > 1:  # every rank stops together, or the others would wait forever
                 finite = _all_sum(finite, world, device) / world
@@ -366,7 +368,7 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
                 with autocast:
                     recon, mu, logvar, pose, z = model(x, sample=False)
                 _, terms = loss_terms(x, recon, mu.float(), logvar.float(), z.float(), yc, A,
-                                      beta=beta, gamma=gamma, recon=lc.recon, convention=lc.convention)
+                                      beta=beta, gamma=gamma, **loss_kw)
                 vsums += torch.stack([terms[t].double().cpu() for t in TERMS]) * len(idx)
                 n_val += len(idx)
                 vmu.append(mu.float().cpu())

@@ -6,6 +6,7 @@ import torch
 from affvae.config import Schedule
 from affvae.losses import (
     affinity_loss,
+    class_anchors,
     kl_divergence,
     loss_terms,
     reconstruction_loss,
@@ -47,6 +48,58 @@ def test_affinity_loss_zero_when_latents_realise_the_matrix():
     c = torch.tensor([0, 1, 0])
     assert float(affinity_loss(z, c, A, "formula")) == pytest.approx(0.0, abs=1e-6)
     assert float(affinity_loss(z, c, A, "reference")) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_class_anchors_realise_a_valid_cosine_matrix():
+    # a Gram matrix of four unit vectors in 3-D: the anchors must reproduce it
+    g = torch.Generator().manual_seed(1)
+    v = torch.nn.functional.normalize(torch.randn(4, 3, generator=g), dim=1)
+    A = v @ v.T
+    P = class_anchors(A, 5)
+    assert P.shape == (4, 5)
+    assert torch.allclose(P.norm(dim=1), torch.ones(4), atol=1e-6)
+    assert torch.allclose(P @ P.T, A, atol=1e-5)
+
+
+def test_class_anchors_of_the_identity_are_orthonormal_and_truncate_to_the_dims():
+    P = class_anchors(torch.eye(3), 3)
+    assert torch.allclose(P @ P.T, torch.eye(3), atol=1e-6)
+    # more classes than dims: the rank is cut to the latent size, rows stay unit
+    A = torch.tensor([[1.0, 0.9, 0.0], [0.9, 1.0, 0.1], [0.0, 0.1, 1.0]])
+    P = class_anchors(A, 2)
+    assert P.shape == (3, 2)
+    assert torch.allclose(P.norm(dim=1), torch.ones(3), atol=1e-6)
+    assert float((P @ P.T - A).abs().max()) < 0.15
+
+
+def test_anchor_pairs_are_added_against_a_direct_loop(batch):
+    z, c, A = batch
+    n = len(z)
+    P = class_anchors(A, z.shape[1])
+    anchor_pairs = [abs(float(A[c[i], k]) - _cos(z[i], P[k])) for i in range(n) for k in range(len(A))]
+    w = 0.5
+    base = float(affinity_loss(z, c, A, "reference"))
+    got = float(affinity_loss(z, c, A, "reference", anchors=P, anchor_weight=w))
+    assert got == pytest.approx(base + w * sum(anchor_pairs) / len(anchor_pairs), rel=1e-5)
+    base = float(affinity_loss(z, c, A, "formula"))
+    got = float(affinity_loss(z, c, A, "formula", anchors=P, anchor_weight=w))
+    assert got == pytest.approx(base + w * sum(anchor_pairs) / n, rel=1e-5)
+    # weight 0 is the paper's S exactly
+    assert float(affinity_loss(z, c, A, "formula", anchors=P, anchor_weight=0.0)) == pytest.approx(base)
+
+
+def test_anchors_separate_a_merged_pair_where_item_pairs_cannot():
+    # two classes with A = identity, every latent at the same point: the pairwise
+    # term's gradient vanishes (cosine 1 is flat), the anchor pairs pull them apart
+    A = torch.eye(2)
+    c = torch.tensor([0, 1, 0, 1])
+    z = torch.tensor([[1.0, 1.0]] * 4, requires_grad=True)
+    affinity_loss(z, c, A, "reference").backward()
+    assert float(z.grad.abs().max()) < 1e-6
+    z.grad = None
+    affinity_loss(z, c, A, "reference", anchors=class_anchors(A, 2), anchor_weight=1.0).backward()
+    g = z.grad
+    assert float((g[0] - g[1]).norm()) > 0.1  # the two classes are pushed different ways
 
 
 def test_kl_against_direct_computation():

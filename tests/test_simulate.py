@@ -53,7 +53,7 @@ def test_tetracubes_are_distinct_and_screws_are_mirror_images():
 
 
 def test_fused_class_is_union_of_parents_and_elongation_scales_volume():
-    sim = TetraminoSimulator(size=32, cube=4, fused=[("L", "T")])
+    sim = TetraminoSimulator(size=32, cube=4, fused=[("L", "T")], fuse_mode="union")
     assert "LT" in sim.classes
     assert sim.template("LT").sum() == 5 * 4**3  # L and T share three cubes
     long = TetraminoSimulator(size=32, cube=4, elongation=1.5)
@@ -150,3 +150,19 @@ def test_blend_fusion_averages_the_parents():
     assert lt.sum() == 4 * 4**3  # mean of two 4-cube pieces
     assert set(np.unique(lt)) == {0.0, 0.5, 1.0}
     assert np.allclose(lt, (sim.template("L") + sim.template("T")) / 2)
+
+
+def test_box_glyph_size_scales_every_glyph_to_one_box():
+    natural = AlphanumericSimulator(size=64, glyphs=["z", "2", "i"])
+    box = AlphanumericSimulator(size=64, glyphs=["z", "2", "i"], glyph_size="box")
+
+    def height(img):
+        rows = np.flatnonzero(img.any(axis=1))
+        return rows[-1] - rows[0] + 1
+
+    # natural: the lower-case z is shorter than the digit; box: the same height
+    assert height(natural.template("z")) < 0.85 * height(natural.template("2"))
+    assert abs(int(height(box.template("z"))) - int(height(box.template("2")))) <= 1
+    assert height(box.template("2")) == height(natural.template("2"))  # a digit is cap height already
+    with pytest.raises(DataError, match="glyph_size 'huge'"):
+        AlphanumericSimulator(glyphs=["a"], glyph_size="huge")

@@ -41,13 +41,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="glyphs to render, from a-z and 0-9 (default: the paper's aebdpijz2kxu)")
     g.add_argument("--max-angle", type=float, default=45.0,
                    help="rotations are integer degrees in (-A, A) (default 45)")
+    g.add_argument("--glyph-size", choices=["natural", "box"], default="natural",
+                   help="the font's relative sizes, or every glyph scaled to one box (default natural)")
     t = p.add_argument_group("tetramino")
     t.add_argument("--shapes", default="I,O,T,L,S,branch,screwR,screwL",
                    help="comma-separated tetracubes (default: all eight)")
     t.add_argument("--fuse", type=_fused, action="append", default=[],
-                   help="add the union of two tetracubes as a class, e.g. L+T (class LT); repeatable")
-    t.add_argument("--fuse-mode", choices=["union", "blend"], default="union",
-                   help="fused class: union of the parents, or the mean of their densities (default union)")
+                   help="add a fusion of two tetracubes as a class, e.g. L+T (class LT); repeatable")
+    t.add_argument("--fuse-mode", choices=["blend", "union"], default="blend",
+                   help="fused class: the mean of the parents' densities, or their union (default blend)")
     t.add_argument("--cube", type=float, help="cube edge in voxels (default size/6)")
     t.add_argument("--elongation", type=float, default=1.0, help="stretch cubes along x (default 1)")
     t.add_argument("--rotation", choices=["uniform", "grid", "none"], default="uniform",
@@ -71,7 +73,8 @@ def main(args: argparse.Namespace) -> int:
                                rotation=args.rotation if args.rotation != "grid" else "uniform")
     elif args.kind == "alphanumeric":
         glyphs = [g for g in args.glyphs.replace(",", "") if not g.isspace()]
-        sim = AlphanumericSimulator(size=args.size or 64, glyphs=glyphs, max_angle=args.max_angle)
+        sim = AlphanumericSimulator(size=args.size or 64, glyphs=glyphs, max_angle=args.max_angle,
+                                    glyph_size=args.glyph_size)
     else:
         shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
         sim = TetraminoSimulator(size=args.size or 32, shapes=shapes, cube=args.cube,

@@ -144,18 +144,24 @@ class Simulator(abc.ABC):
 
 
 @functools.lru_cache(maxsize=None)
-def _glyph_mask(ch: str, size: int, oversample: int, fill: float) -> np.ndarray:
-    """A glyph rasterised on a ``size*oversample`` grid, centred on its outline's box."""
+def _glyph_mask(ch: str, size: int, oversample: int, fill: float, glyph_size: str = "natural") -> np.ndarray:
+    """A glyph rasterised on a ``size*oversample`` grid, centred on its outline's box.
+
+    ``glyph_size`` "natural": scaled by the height of a capital, so every glyph keeps
+    its size relative to the others (an 'i' stays narrow, a 'z' short beside a '2');
+    "box": each glyph scaled so the longer side of its own outline box is that height.
+    """
     from matplotlib.font_manager import FontProperties
     from matplotlib.path import Path as MplPath
     from matplotlib.textpath import TextPath
 
     prop = FontProperties(family="DejaVu Sans")
     path = TextPath((0, 0), ch, size=1.0, prop=prop)
-    # Scale by the height of a capital so every glyph keeps its natural size relative
-    # to the others (an 'i' stays narrow, a 'k' tall).
-    cap = TextPath((0, 0), "H", size=1.0, prop=prop).get_extents().height
     ext = path.get_extents()
+    if glyph_size == "natural":
+        cap = TextPath((0, 0), "H", size=1.0, prop=prop).get_extents().height
+    else:
+        cap = max(ext.width, ext.height)
     cx, cy = (ext.x0 + ext.x1) / 2, (ext.y0 + ext.y1) / 2
     n = size * oversample
     scale = fill * n / cap
@@ -174,7 +180,10 @@ class AlphanumericSimulator(Simulator):
     """Binary glyphs from DejaVu Sans, rotated in-plane by integer degrees.
 
     ``fill``: the height of a capital letter as a fraction of the image side (0.55
-    leaves room for any glyph rotated by up to 45 degrees).
+    leaves room for any glyph rotated by up to 45 degrees).  ``glyph_size``:
+    "natural" keeps the font's relative sizes (lower case shorter than digits and
+    capitals); "box" scales every glyph to the same outline box, so shapes are
+    compared without their size (a 'z' and a '2' then overlap closely).
     """
 
     size: int = 64
@@ -183,6 +192,7 @@ class AlphanumericSimulator(Simulator):
     max_angle: float = 45.0
     rotation: str = "uniform"
     oversample: int = 4
+    glyph_size: str = "natural"
     ndim: int = field(default=2, init=False)
 
     def __post_init__(self):
@@ -191,13 +201,16 @@ class AlphanumericSimulator(Simulator):
             raise DataError(f"glyph {bad[0]!r} is not available: expected a-z or 0-9")
         if self.size < 8:
             raise DataError(f"size {self.size}: expected at least 8 pixels")
+        if self.glyph_size not in ("natural", "box"):
+            raise DataError(f"glyph_size {self.glyph_size!r}: expected natural or box")
         if not 0 < self.fill <= 1:
             raise DataError(f"fill {self.fill}: expected a fraction in (0, 1]")
         self.classes = tuple(self.glyphs)
 
     def render(self, classes: Sequence[str], poses: np.ndarray) -> np.ndarray:
         self._check_classes(classes)
-        masks = np.stack([_glyph_mask(c, self.size, self.oversample, self.fill) for c in classes])
+        masks = np.stack([_glyph_mask(c, self.size, self.oversample, self.fill, self.glyph_size)
+                          for c in classes])
         fine = rotate(torch.from_numpy(masks), torch.from_numpy(angle_to_matrix(poses)))
         coarse = F.avg_pool2d(fine.unsqueeze(1), self.oversample).squeeze(1)
         return (coarse >= 0.5).to(torch.float32).numpy()
@@ -211,9 +224,11 @@ class TetraminoSimulator(Simulator):
     ``elongation``: cubes are stretched by this factor along the object's x axis;
     ``fused``: pairs of parent shapes combined into an extra class named by
     concatenating the parents ("L"+"T" -> "LT"), e.g. a novel class to hold out;
-    ``fuse_mode``: "union" (every cube of either parent, density 1) or "blend" (the
-    mean of the two parents' densities: shared cubes 1, the others 0.5), both with
-    the parents in their canonical placement;
+    ``fuse_mode``: "blend" (the mean of the two parents' densities: shared cubes 1,
+    the others 0.5; the default) or "union" (every cube of either parent, density
+    1), both with the parents in their canonical placement.  A blend resembles its
+    two parents most; a union can contain a third piece (L + T is the P pentomino,
+    which holds an S: FSC 0.85 to each of L, T and S);
     ``supersample``: points per voxel edge for partial-volume (anti-aliased) voxels.
     """
 
@@ -222,7 +237,7 @@ class TetraminoSimulator(Simulator):
     cube: float | None = None
     elongation: float = 1.0
     fused: Sequence[tuple[str, str]] = ()
-    fuse_mode: str = "union"
+    fuse_mode: str = "blend"
     rotation: str = "uniform"
     supersample: int = 2
     ndim: int = field(default=3, init=False)

@@ -25,6 +25,7 @@ def make_simulator(d):
                                 voxel_size=d.voxel_size, rotation=d.rotation if d.rotation != "grid" else "uniform")
     if d.source == "alphanumeric":
         return AlphanumericSimulator(size=d.size or 64, glyphs=[g for g in d.glyphs if not g.isspace()],
+                                     glyph_size=d.glyph_size,
                                      rotation=d.rotation if d.rotation != "grid" else "uniform")
     fused = []
     for f in d.fused:

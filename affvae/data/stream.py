@@ -145,7 +145,8 @@ def spec_from_config(cfg, classes: Sequence[str]) -> StreamSpec:
         sim = {"structures": tuple(d.structures), "size": d.size or 64, "resolution": d.resolution,
                "voxel_size": voxel, "rotation": d.rotation if d.rotation != "grid" else "uniform"}
     elif d.source == "alphanumeric":
-        sim = {"size": d.size or 64, "glyphs": tuple(g for g in d.glyphs if not g.isspace())}
+        sim = {"size": d.size or 64, "glyphs": tuple(g for g in d.glyphs if not g.isspace()),
+               "glyph_size": d.glyph_size}
     else:
         sim = {"size": d.size or 32, "shapes": tuple(d.shapes), "cube": d.cube, "elongation": d.elongation,
                "fused": tuple(tuple(f.split("+")) for f in d.fused), "fuse_mode": d.fuse_mode,

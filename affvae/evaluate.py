@@ -178,17 +178,30 @@ def silhouette(mu, labels, sample_size: int = 5000, seed: int = 0) -> float:
         return math.nan
 
 
-def nearest_seen_classes(latent_map: LatentMap, mu, labels, unseen_class: str, k: int = 2) -> list[str]:
+def nearest_seen_classes(latent_map: LatentMap, mu, labels, unseen_class: str, k: int = 2,
+                         by: str = "cosine") -> list[str]:
     """The ``k`` class centres of the map nearest to the mean ``mu`` of ``unseen_class``.
 
     Answers "what does the new class look like to the model?": e.g. a glyph unseen
-    in training should land near the seen glyphs it resembles.
+    in training should land near the seen glyphs it resembles.  ``by="cosine"`` (the
+    default) ranks centres by the angle to the class's mean direction, the quantity
+    the affinity term shapes.  ``by="euclidean"`` ranks by distance; the mean of
+    scattered vectors is shorter than its members, so that ranking leans towards the
+    centres nearest the origin.
     """
+    if by not in ("cosine", "euclidean"):
+        raise ValueError(f"by={by!r}: expected cosine or euclidean")
     mu = np.asarray(mu, dtype=np.float64)
     members = as_labels(labels) == str(unseen_class)
     if not members.any():
         raise DataError(f"class {unseen_class!r} has no member in the data")
-    d = latent_map.distances(mu[members].mean(axis=0, keepdims=True))[0]
+    mean = mu[members].mean(axis=0, keepdims=True)
+    if by == "euclidean":
+        d = latent_map.distances(mean)[0]
+    else:
+        centres = np.asarray(latent_map.centres, dtype=np.float64)
+        norms = np.linalg.norm(centres, axis=1) * max(float(np.linalg.norm(mean)), 1e-12)
+        d = -(centres @ mean[0]) / np.maximum(norms, 1e-12)
     order = np.argsort(d, kind="stable")[:k]
     return [latent_map.classes[i] for i in order]
 
@@ -350,9 +363,12 @@ def evaluate_latents(mu, labels, latent_map: LatentMap, seen_classes: Sequence[s
     if is_unseen.any():
         metrics["novelty_median_unseen"] = float(np.median(novelty[is_unseen]))
         metrics["novelty_auroc"] = novelty_auroc(novelty[known], is_unseen[known])
-        metrics["nearest_seen"] = {
-            c: nearest_seen_classes(latent_map, mu, labels, c, k=k_nearest)
-            for c in sorted(set(labels[is_unseen].tolist()))
+        unseen_classes = sorted(set(labels[is_unseen].tolist()))
+        metrics["nearest_seen"] = {c: nearest_seen_classes(latent_map, mu, labels, c, k=k_nearest)
+                                   for c in unseen_classes}
+        metrics["nearest_seen_euclidean"] = {
+            c: nearest_seen_classes(latent_map, mu, labels, c, k=k_nearest, by="euclidean")
+            for c in unseen_classes
         }
     if pose is not None and angles is not None:
         r = pose_angle_correlation(pose, angles, "pearson")

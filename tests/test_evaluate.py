@@ -115,9 +115,15 @@ def test_silhouette_and_nearest_seen():
     line = np.array([[0.0], [10.0], [20.0]]) * np.eye(6)[0]
     lm = LatentMap(["a", "b", "c"], line, [1, 1, 1], [1.0, 1.0, 1.0])
     new = 13 * np.eye(6)[0] + np.random.default_rng(3).normal(0, 0.3, (10, 6))
-    got = nearest_seen_classes(lm, np.vstack([line, new]), ["a", "b", "c"] + ["n"] * 10, "n")
+    got = nearest_seen_classes(lm, np.vstack([line, new]), ["a", "b", "c"] + ["n"] * 10, "n", by="euclidean")
     assert got == ["b", "c"]
-    assert nearest_seen_classes(lm, new, ["n"] * 10, "n", k=3) == ["b", "c", "a"]
+    assert nearest_seen_classes(lm, new, ["n"] * 10, "n", k=3, by="euclidean") == ["b", "c", "a"]
+    # by direction: centres a (long, along x), b (short, 45 degrees), c (along y); the new
+    # class points 20 degrees from x at a small norm, as the mean of scattered members is
+    lm = LatentMap(["a", "b", "c"], np.array([[3.0, 0.0], [0.3, 0.3], [0.0, 3.0]]), [1, 1, 1], [1.0] * 3)
+    new = 0.4 * np.array([[np.cos(np.radians(20)), np.sin(np.radians(20))]])
+    assert nearest_seen_classes(lm, new, ["n"], "n", k=3) == ["a", "b", "c"]
+    assert nearest_seen_classes(lm, new, ["n"], "n", k=3, by="euclidean") == ["b", "a", "c"]
 
 
 def test_evaluate_latents_bundle_is_json_and_right():

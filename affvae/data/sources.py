@@ -15,27 +15,42 @@ from affvae.data.io import Dataset, load_folder
 from affvae.errors import ConfigError, DataError
 
 
-def make_simulator(d):
-    from affvae.data.simulate import AlphanumericSimulator, TetraminoSimulator
-
-    if d.source == "proteins":
+def simulator_class(source: str):
+    """The simulator of a simulated ``data.source``."""
+    if source == "proteins":
         from affvae.data.proteins import ProteinSimulator
 
-        return ProteinSimulator(structures=d.structures, size=d.size or 64, resolution=d.resolution,
-                                voxel_size=d.voxel_size, rotation=d.rotation if d.rotation != "grid" else "uniform")
+        return ProteinSimulator
+    from affvae.data.simulate import SIMULATORS
+
+    return SIMULATORS[source]
+
+
+def simulator_kwargs(d) -> dict:
+    """The simulator's arguments for a simulated data config, as hashable values.
+
+    The one place the ``data`` keys map onto a simulator: the in-memory dataset
+    and the stream both build theirs from it.
+    """
+    if d.source == "proteins":
+        return {"structures": tuple(d.structures), "size": d.size or 64, "resolution": d.resolution,
+                "voxel_size": d.voxel_size or d.resolution / 3,
+                "rotation": d.rotation if d.rotation != "grid" else "uniform"}
     if d.source == "alphanumeric":
-        return AlphanumericSimulator(size=d.size or 64, glyphs=[g for g in d.glyphs if not g.isspace()],
-                                     glyph_size=d.glyph_size,
-                                     rotation=d.rotation if d.rotation != "grid" else "uniform")
+        return {"size": d.size or 64, "glyphs": tuple(g for g in d.glyphs if not g.isspace()),
+                "glyph_size": d.glyph_size, "rotation": d.rotation if d.rotation != "grid" else "uniform"}
     fused = []
     for f in d.fused:
         parts = f.split("+")
         if len(parts) != 2:
             raise ConfigError(f"data.fused: {f!r}: expected two tetracubes joined by '+', e.g. L+T")
         fused.append((parts[0], parts[1]))
-    return TetraminoSimulator(size=d.size or 32, shapes=d.shapes, cube=d.cube,
-                              elongation=d.elongation, fused=fused, fuse_mode=d.fuse_mode,
-                              rotation=d.rotation)
+    return {"size": d.size or 32, "shapes": tuple(d.shapes), "cube": d.cube, "elongation": d.elongation,
+            "fused": tuple(fused), "fuse_mode": d.fuse_mode, "rotation": d.rotation}
+
+
+def make_simulator(d):
+    return simulator_class(d.source)(**simulator_kwargs(d))
 
 
 def normalise(x: np.ndarray, how: str) -> np.ndarray:

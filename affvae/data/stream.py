@@ -121,14 +121,10 @@ _SIMS: dict = {}
 def _simulator_cached(source: str, items: tuple):
     key = (source, items)
     if key not in _SIMS:
-        from affvae.data.simulate import SIMULATORS
+        from affvae.data.sources import simulator_class
 
         kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in items}
-        if source == "proteins":
-            from affvae.data.proteins import ProteinSimulator as cls
-        else:
-            cls = SIMULATORS[source]
-        _SIMS[key] = cls(**kwargs)
+        _SIMS[key] = simulator_class(source)(**kwargs)
     return _SIMS[key]
 
 
@@ -139,18 +135,10 @@ def spec_from_config(cfg, classes: Sequence[str]) -> StreamSpec:
         return StreamSpec("folder", tuple(classes), cfg.seed, root=d.path, size=d.size,
                           normalise=d.normalise, rotate_files=d.rotate_files,
                           snr=d.snr, wedge=d.wedge, ctf_defocus=d.ctf_defocus, voxel_size=d.voxel_size)
-    voxel = d.voxel_size
-    if d.source == "proteins":
-        voxel = d.voxel_size or d.resolution / 3
-        sim = {"structures": tuple(d.structures), "size": d.size or 64, "resolution": d.resolution,
-               "voxel_size": voxel, "rotation": d.rotation if d.rotation != "grid" else "uniform"}
-    elif d.source == "alphanumeric":
-        sim = {"size": d.size or 64, "glyphs": tuple(g for g in d.glyphs if not g.isspace()),
-               "glyph_size": d.glyph_size}
-    else:
-        sim = {"size": d.size or 32, "shapes": tuple(d.shapes), "cube": d.cube, "elongation": d.elongation,
-               "fused": tuple(tuple(f.split("+")) for f in d.fused), "fuse_mode": d.fuse_mode,
-               "rotation": d.rotation}
+    from affvae.data.sources import simulator_kwargs
+
+    sim = simulator_kwargs(d)
+    voxel = sim["voxel_size"] if d.source == "proteins" else d.voxel_size
     return StreamSpec(d.source, tuple(classes), cfg.seed, sim=sim, normalise=d.normalise,
                       rotation=d.rotation, snr=d.snr, wedge=d.wedge, ctf_defocus=d.ctf_defocus,
                       voxel_size=voxel)

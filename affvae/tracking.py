@@ -176,6 +176,10 @@ class StudyTracker:
         if items:
             self.client.log_batch(run_id, metrics=items)
 
+    def last_step(self, run_id: str, key: str) -> int:
+        """The highest step logged for metric ``key`` of a run (0 if none)."""
+        return max((int(m.step) for m in self.client.get_metric_history(run_id, key)), default=0)
+
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 

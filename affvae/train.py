@@ -308,6 +308,11 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
 
         bar = tqdm(total=epochs, initial=start_epoch, desc="train", unit="epoch", disable=None)
     stopped_early = False
+    if report is not None and history and start_epoch >= epochs:
+        # a resume that finds training already done (killed after its last report was
+        # written but before the caller saw it): report the final epoch again, so the
+        # caller's last result is the last epoch and its checkpoint, not a stale one
+        report(dict(history[-1]), _checkpoint_files(ckpt_dir)[-1] if rank == 0 else None)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         beta = schedule_value(lc.beta_schedule, lc.beta, epoch, epochs)

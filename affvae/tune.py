@@ -225,7 +225,9 @@ def _make_callback(tracker, base, settings):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             rid = self._run(trial)
             step = int(result.get("epoch", result.get("training_iteration", 0)))
-            if step <= self._last_step.get(trial.trial_id, 0):
+            if trial.trial_id not in self._last_step:  # a resumed study: skip epochs logged before
+                self._last_step[trial.trial_id] = self.tracker.last_step(rid, "train_total")
+            if step <= self._last_step[trial.trial_id]:
                 return
             self._last_step[trial.trial_id] = step
             self.tracker.log_metrics(rid, _epoch_metrics(result), step=step)
@@ -605,8 +607,9 @@ def study_main(description: str, build: Callable[[str], StudySpec], argv: Sequen
 def print_summary(spec: StudySpec, res: StudyResult) -> None:
     n = len(res.trials)
     by = {s: sum(t["status"] == s for t in res.trials) for s in ("completed", "stopped_early", "failed")}
-    print(f"\nstudy {spec.name}: {n} trials ({by['completed']} completed, {by['stopped_early']} stopped early "
-          f"by ASHA, {by['failed']} failed) in {res.seconds / 60:.1f} min")
+    by_whom = " by ASHA" if spec.scheduler == "asha" else ""
+    print(f"\nstudy {spec.name}: {n} trials ({by['completed']} completed, {by['stopped_early']} stopped early"
+          f"{by_whom}, {by['failed']} failed) in {res.seconds / 60:.1f} min")
     best = res.best()
     if best:
         print(f"best trial {best['name']}: seen test accuracy {best['accuracy']:.3f}"

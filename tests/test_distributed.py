@@ -104,3 +104,8 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path
     res = out["result"]
     assert [h["epoch"] for h in res.history] == list(range(1, 31))  # none lost, none twice
     assert res.extra["restarts"] >= 1
+    # fitting the finished run again (a study resumed after its trial ended unrecorded)
+    # trains nothing and ends on the same last epoch and checkpoint
+    again = train_distributed(cfg, data, workers=2, storage=storage, max_failures=0)
+    assert [h["epoch"] for h in again.history] == list(range(1, 31))
+    assert torch.equal(params(again.model), params(res.model))

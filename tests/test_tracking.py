@@ -38,6 +38,7 @@ def test_parent_and_trial_runs_are_created_once_and_found_again(tmp_path):
     assert run.data.metrics == {"val_accuracy": 0.75}  # NaN and text dropped
     hist = t2.client.get_metric_history(rid, "val_accuracy")
     assert [(m.step, m.value) for m in hist] == [(1, 0.5), (2, 0.75)]
+    assert t2.last_step(rid, "val_accuracy") == 2 and t2.last_step(rid, "train_total") == 0
     assert [a.path for a in t2.client.list_artifacts(rid, "files")] == ["files/f.txt"]
     assert Path(tmp_path / "art").is_dir()
 

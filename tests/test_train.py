@@ -4,7 +4,7 @@ import torch
 
 from affvae.config import build_config
 from affvae.data.sources import build_dataset
-from affvae.train import TrainingDiverged, split_indices, train
+from affvae.train import TrainingDiverged, load_checkpoint, split_indices, train
 
 SMALL = ["data.source=alphanumeric", "data.size=16", "data.glyphs=aeio", "data.n_per_class=12",
          "model.filters=[4, 8]", "model.latent_dims=4", "train.batch_size=8", "train.epochs=4",
@@ -53,6 +53,19 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(small, tmp_path):
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     assert torch.allclose(params(full.model), params(resumed.model), atol=1e-6)
     assert resumed.history[-1]["train_total"] == pytest.approx(full.history[-1]["train_total"], rel=1e-5)
+
+
+def test_resuming_a_finished_run_reports_its_last_epoch_and_checkpoint_again(small, tmp_path):
+    # a trial killed after its last report but before its caller recorded it must not
+    # end, on resume, with the caller's stale (earlier) epoch and checkpoint
+    cfg, ds = small
+    done = train(cfg, ds, checkpoint_dir=tmp_path / "ck")
+    seen = []
+    again = train(cfg, ds, checkpoint_dir=tmp_path / "ck", resume=True, report=lambda logs, p: seen.append((logs, p)))
+    assert len(seen) == 1 and seen[0][0]["epoch"] == 4
+    assert seen[0][0]["train_total"] == done.history[-1]["train_total"]
+    assert seen[0][1] is not None and load_checkpoint(seen[0][1])["epoch"] == 4
+    assert [h["epoch"] for h in again.history] == [1, 2, 3, 4]
 
 
 def test_nan_loss_stops_with_epoch_and_term(small):

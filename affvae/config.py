@@ -167,6 +167,12 @@ class TrainConfig(_Section):
     #: stop early when the wall time in minutes is exceeded (0: no limit)
     max_minutes: float = Field(default=0.0, ge=0.0)
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _on_off(cls, v):
+        # YAML 1.1 reads a bare on/off (in a config file or --set train.amp=off) as a boolean
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
 
 class EvalConfig(_Section):
     classifier: Literal["nearest", "mlp"] = "nearest"

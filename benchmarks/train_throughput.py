@@ -13,7 +13,10 @@ by about 20%); it cannot run here (it needs its own data pipeline and
 torchvision), so its midpoints are the denominators.  Target: at least 2x each.
 The first epoch (allocator and oneDNN warm-up) is excluded.
 
-    python benchmarks/train_throughput.py [--epochs 3] [--items 640] [--only a,b,c]
+    python benchmarks/train_throughput.py [--epochs 3] [--items 640] [--only a,b,c] [--amp auto|on|off]
+
+On a CUDA machine training runs on the GPU (``train.device`` auto), with mixed
+precision unless ``--amp off``; the ratios then compare a GPU with the 2-core baseline.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ WORKLOADS = {
 }
 
 
-def run(key: str, epochs: int, items: int) -> float:
+def run(key: str, epochs: int, items: int, amp: str = "auto") -> float:
     from affvae.config import build_config
     from affvae.data.io import Dataset
     from affvae.train import train
@@ -41,7 +44,7 @@ def run(key: str, epochs: int, items: int) -> float:
         "data.source": w["source"], "data.size": w["size"], "data.n_per_class": 2,
         "data.test_fraction": 0.0, "data.val_fraction": 0.2,
         "model.filters": w["filters"], "model.latent_dims": 8, "model.pose_dims": w["pose"],
-        "train.batch_size": w["batch"], "train.epochs": epochs + 1, "loss.gamma": 1.0,
+        "train.batch_size": w["batch"], "train.epochs": epochs + 1, "loss.gamma": 1.0, "train.amp": amp,
     })
     # synthetic items of the right size: blurred random blobs in [0, 1]; content does
     # not change the cost of a training step
@@ -67,13 +70,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up epoch")
     ap.add_argument("--items", type=int, default=640)
     ap.add_argument("--only", default="a,b,c")
+    ap.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+                    help="mixed precision on a GPU (auto: on); ignored on CPU")
     args = ap.parse_args()
     import torch
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    where = f"GPU {torch.cuda.get_device_name()}, amp {args.amp}" if torch.cuda.is_available() else "CPU"
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {where}")
     for key in args.only.split(","):
         t0 = time.perf_counter()
-        ours = run(key, args.epochs, args.items if key != "c" else max(200, args.items // 4))
+        ours = run(key, args.epochs, args.items if key != "c" else max(200, args.items // 4), args.amp)
         ref = REFERENCE[key]
         print(f"({key}) ours {ours:8.1f} samples/s   reference {ref:7.1f}   ratio {ours / ref:5.2f}x"
               f"   (target >= 2x; {time.perf_counter() - t0:.0f} s)")

@@ -20,6 +20,17 @@ def test_round_trip(tmp_path):
     assert again.flat()["loss.beta_schedule.kind"] == "cyclical"
 
 
+def test_bare_on_off_are_the_amp_choices_not_booleans(tmp_path):
+    # YAML reads a bare on/off as true/false, in --set values and in config files alike
+    assert build_config(overrides=["train.amp=off"]).train.amp == "off"
+    assert build_config(overrides=["train.amp=on"]).train.amp == "on"
+    (tmp_path / "c.yaml").write_text("train:\n  amp: off\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.train.amp == "off" and load_config(save_config(cfg, tmp_path / "again.yaml")).train.amp == "off"
+    with pytest.raises(ConfigError, match="train.amp"):
+        build_config(overrides=["train.amp=1"])
+
+
 @pytest.mark.parametrize("override, needle", [
     ("model.latnt_dims=3", "unknown key 'model.latnt_dims'"),
     ("loss.beta=-1", "loss.beta: Input should be greater than or equal to 0"),

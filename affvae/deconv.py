@@ -1,5 +1,8 @@
 """A faster, exactly equivalent stride-2 transposed convolution for CPUs.
 
+On other devices the layer calls the native transposed convolution (cuDNN is fast
+there, and autocast handles it); the phase form below runs on CPUs only.
+
 ``ConvTranspose{2,3}d(kernel_size=4, stride=2, padding=1)`` doubles the box.  Its
 output splits into 2^d interleaved phases (even/odd index along each axis), and
 each phase is an ordinary 2-tap-per-axis convolution of the input: along one
@@ -74,14 +77,18 @@ class _PhaseDeconv(torch.autograd.Function):
     def backward(ctx, gout):
         x, w = ctx.saved_tensors
         nd = x.dim() - 2
+        # under autocast the forward's convolution ran in lower precision, so the
+        # incoming gradient may not have the weight's dtype: compute in gout's dtype,
+        # return each gradient in its input's dtype
         gout = gout.contiguous()
+        wc, xc = w.to(gout.dtype), x.to(gout.dtype)
         gx = gw = None
         if ctx.needs_input_grad[0]:
-            gx = (F.conv2d if nd == 2 else F.conv3d)(gout, w, stride=2, padding=1)
+            gx = (F.conv2d if nd == 2 else F.conv3d)(gout, wc, stride=2, padding=1).to(x.dtype)
         if ctx.needs_input_grad[1]:
             gw = torch.ops.aten.convolution_backward(
-                gout, x, w, None, [2] * nd, [1] * nd, [1] * nd, True, [0] * nd, 1,
-                [False, True, False])[1]
+                gout, xc, wc, None, [2] * nd, [1] * nd, [1] * nd, True, [0] * nd, 1,
+                [False, True, False])[1].to(w.dtype)
         return gx, gw
 
 
@@ -96,6 +103,9 @@ class ConvTranspose2x(nn.Module):
         self.bias = ref.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":  # GPUs' own transposed convolutions are fast (and autocast-aware)
+            conv_t = F.conv_transpose2d if self.nd == 2 else F.conv_transpose3d
+            return conv_t(x, self.weight, self.bias, stride=2, padding=1)
         out = _PhaseDeconv.apply(x.contiguous(), self.weight)
         return out + self.bias.view(1, -1, *([1] * self.nd))
 

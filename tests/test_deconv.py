@@ -30,3 +30,25 @@ def test_gradcheck():
     m = ConvTranspose2x(3, 2, 1).double()
     x = torch.randn(1, 2, 3, 3, 3, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: m(t), (x,))
+
+
+def test_backward_under_autocast_matches_the_native_layer():
+    # mixed precision: the forward convolution runs in a lower precision than the float32
+    # weights, so the gradient arriving in backward has another dtype than they have
+    torch.manual_seed(2)
+    fast = ConvTranspose2x(3, 4, 2)
+    ref = nn.ConvTranspose3d(4, 2, 4, 2, 1)
+    with torch.no_grad():
+        ref.weight.copy_(fast.weight)
+        ref.bias.copy_(fast.bias)
+    x = torch.randn(2, 4, 5, 5, 5)
+    grads = []
+    for m in (fast, ref):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(xi.to(torch.bfloat16))
+        (y.float() ** 2).sum().backward()
+        assert xi.grad.dtype == torch.float32 and m.weight.grad.dtype == torch.float32
+        grads.append((y.float(), xi.grad, m.weight.grad))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=0.05, atol=0.05 * float(b.abs().max()))

@@ -55,25 +55,23 @@ def main() -> int:
     from affvae.train import train
 
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
-    base = [f"train.epochs={args.epochs}", "train.device=auto"]
-    cfg = load_config(args.config, overrides=base + ["train.amp=off"])
+    cfgs = {amp: load_config(args.config, overrides=[f"train.epochs={args.epochs}", "train.device=auto",
+                                                     f"train.amp={amp}"]) for amp in ("off", "on")}
     t0 = time.perf_counter()
-    data = build_dataset(cfg)
-    affinity = resolve_affinity(cfg, data)
+    data = build_dataset(cfgs["off"])
+    affinity = resolve_affinity(cfgs["off"], data)
     print(f"data {data.x.shape} ({len(data.classes)} classes) and affinity in {time.perf_counter() - t0:.1f} s",
           flush=True)
 
     rows = []
     for name, amp in (("cuda fp32", "off"), ("cuda amp", "on")):
-        c = load_config(args.config, overrides=base + [f"train.amp={amp}"])
         t0 = time.perf_counter()
-        res = train(c, data, affinity=affinity)
+        res = train(cfgs[amp], data, affinity=affinity)
         rows.append(summary(name, res.history, time.perf_counter() - t0))
 
-    c = load_config(args.config, overrides=base + ["train.amp=on"])
     storage = Path(tempfile.mkdtemp(prefix="affvae-gpu-check-"))
     t0 = time.perf_counter()
-    res = train_distributed(c, data, workers=1, use_gpu=True, storage=storage, affinity=affinity)
+    res = train_distributed(cfgs["on"], data, workers=1, use_gpu=True, storage=storage, affinity=affinity)
     rows.append(summary("ray-train gpu", res.history, time.perf_counter() - t0))
     newest = max(storage.rglob("*.pt"), key=lambda p: p.stat().st_mtime)
     scaler = read_checkpoint(newest.parent).get("scaler")

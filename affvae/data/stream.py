@@ -123,8 +123,7 @@ def _simulator_cached(source: str, items: tuple):
     if key not in _SIMS:
         from affvae.data.sources import simulator_class
 
-        kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in items}
-        _SIMS[key] = simulator_class(source)(**kwargs)
+        _SIMS[key] = simulator_class(source)(**dict(items))  # the arguments make_simulator passes
     return _SIMS[key]
 
 

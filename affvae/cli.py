@@ -13,7 +13,7 @@ import importlib
 import sys
 
 from affvae import __version__
-from affvae.errors import AffvaeError
+from affvae.errors import report_errors
 
 COMMANDS = ["simulate", "affinity", "check", "train", "evaluate", "tune"]
 
@@ -36,27 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
         mod.add_args(p)
         p.set_defaults(_main=mod.main)
     return parser
-
-
-def report_errors(prog: str, fn, debug: bool = False) -> int:
-    """Run ``fn()``; user errors become one line on stderr and exit status 2."""
-    try:
-        return int(fn() or 0)
-    except AffvaeError as e:
-        if debug:
-            raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        # Files we were asked to write or read that the OS refuses (permissions, disk).
-        if debug:
-            raise
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"{prog}: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,47 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from affvae.errors import AffvaeError
+from affvae.raysession import ensure_ray
 
 CHECKPOINT_FILE = "checkpoint.pt"
-#: Environment of every Ray worker.  Ray Train gives a worker group 60 s to start by
-#: default; on a small machine busy with other trials, starting torch workers can take
-#: longer, and a group that times out is retried while its reservation may linger.
-RAY_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "900"}
-
-
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to Ray once per process: ``address`` (or $RAY_ADDRESS), else start a local one.
-
-    A local Ray binds to 127.0.0.1 (its dashboard too).  ``num_cpus`` declares the
-    local node's logical CPUs (default: the machine's), e.g. more than the cores so
-    that Ray Data tasks can run beside training workers that hold one CPU each.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": dict(RAY_ENV)}
-    if address:
-        ray.init(address=address, log_to_driver=False, runtime_env=env)
-    else:
-        # The dashboard serves Ray's state API, which Ray Train needs to release the
-        # resources of a run whose trial Ray Tune stopped early; it listens on 127.0.0.1,
-        # on a port of its own that every worker is told (RAY_API_SERVER_ADDRESS), so the
-        # state API never reaches another Ray instance running on the same machine.
-        # address="local": always a new instance, never another local cluster found on disk.
-        port = _free_port()
-        env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 dashboard_port=port, _node_ip_address="127.0.0.1", log_to_driver=False, runtime_env=env)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -98,17 +60,12 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
     batches = None
     if cfg.data.stream:
-        from affvae.data.stream import epoch_batches_for, spec_from_config
-        from affvae.train import split_indices
+        from affvae.data.stream import stream_batches
 
-        splits = split_indices(data.labels, list(data.classes), cfg.data.val_fraction,
-                               cfg.data.test_fraction, cfg.seed)
-        spec = spec_from_config(cfg, data.classes)
-        batches = epoch_batches_for(spec, data, splits.train, cfg.train.batch_size, rank, world,
-                                    engine="ray")
+        batches = stream_batches(cfg, data, rank, world, engine="ray")
     try:
-        train(cfg, data, report=report, checkpoint_dir=local, resume=restored is not None,
-              affinity=config["affinity"], device=ray.train.torch.get_device(), batches=batches)
+        train(cfg, data, config["affinity"], batches, report=report, checkpoint_dir=local,
+              resume=restored is not None, device=ray.train.torch.get_device())
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
@@ -153,15 +110,15 @@ def read_checkpoint(path: str) -> dict:
 def result_from_state(cfg, data, state: dict, affinity=None, seconds: float = float("nan"),
                       extra: dict | None = None):
     """A :class:`~affvae.train.TrainResult` from a checkpoint's training state."""
+    from affvae.data.splits import splits_of
     from affvae.model import build_model
-    from affvae.train import TrainResult, split_indices
+    from affvae.train import TrainResult
 
     model = build_model(cfg, data.shape)
     model.load_state_dict(state["model"])
     model.eval()
     history = list(state["history"])
-    splits = split_indices(data.labels, list(data.classes), cfg.data.val_fraction,
-                           cfg.data.test_fraction, cfg.seed)
+    splits = splits_of(cfg, data)
     return TrainResult(cfg=cfg, model=model, history=history, splits=splits, classes=list(data.classes),
                        affinity=affinity, seconds=seconds, epochs_done=len(history),
                        stopped_early=len(history) < cfg.train.epochs,

@@ -4,10 +4,13 @@ Anything the user can fix (a bad file, a bad value, a missing class) is raised a
 :class:`AffvaeError` with a one-line message that names the file, key or value and
 says what was expected.  The CLI prints that line and exits non-zero; only with
 ``--debug`` does it show the traceback.  Programming errors stay ordinary
-exceptions so that they are never mistaken for bad input.
+exceptions so that they are never mistaken for bad input.  :func:`report_errors` is
+that rule, shared by the CLI and the study scripts.
 """
 
 from __future__ import annotations
+
+import sys
 
 
 class AffvaeError(Exception):
@@ -24,3 +27,24 @@ class AffinityError(AffvaeError):
 
 class ConfigError(AffvaeError):
     """A configuration key or value is unknown or out of range."""
+
+
+def report_errors(prog: str, fn, debug: bool = False) -> int:
+    """Run ``fn()``; user errors become one line on stderr and exit status 2."""
+    try:
+        return int(fn() or 0)
+    except AffvaeError as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # Files we were asked to write or read that the OS refuses (permissions, disk).
+        if debug:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"{prog}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

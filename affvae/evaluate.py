@@ -32,7 +32,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from affvae.errors import DataError
-from affvae.latent_map import LatentMap, as_labels, index_of
+from affvae.labels import as_labels, index_of
+from affvae.latent_map import LatentMap
 
 CLASSIFIERS = ("nearest", "mlp")
 

@@ -59,7 +59,7 @@ def grid_figure(objs: np.ndarray, rows: int, cols: int, path, title: str = "",
 
 def write_mrc_grid(objs: np.ndarray, rows: int, cols: int, path: str | os.PathLike) -> Path:
     """Tile volumes (N, D, H, W) into one (D, rows*H, cols*W) map."""
-    from affvae.data.io import write_volume
+    from affvae.volumes import write_volume
 
     n, d, h, w = objs.shape
     full = np.zeros((rows * cols, d, h, w), np.float32)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -120,3 +121,17 @@ def build_model(cfg, shape: Sequence[int]) -> AffinityVAE:
     if cfg.loss.recon == "bce" and output != "sigmoid":
         raise ConfigError("loss.recon: bce needs model.output sigmoid (data in [0, 1])")
     return AffinityVAE(shape, m.filters, m.latent_dims, m.pose_dims, m.batch_norm, output)
+
+
+def encode_all(model: AffinityVAE, x: torch.Tensor, device, batch_size: int = 256):
+    """mu, logvar and pose (numpy) of every item of ``x``, batched, in eval mode, without autograd."""
+    model.eval()
+    mus, lvs, poses = [], [], []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            mu, lv, pose = model.encode(x[start:start + batch_size].to(device, non_blocking=True))
+            mus.append(mu.float().cpu())
+            lvs.append(lv.float().cpu())
+            poses.append(pose.float().cpu())
+    cat = (lambda t: torch.cat(t).numpy()) if mus else (lambda t: np.zeros((0, model.latent_dims)))
+    return cat(mus), cat(lvs), (torch.cat(poses).numpy() if poses else np.zeros((0, model.pose_dims)))

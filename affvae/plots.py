@@ -64,7 +64,7 @@ def plot_affinity(matrix, path, title: str = "affinity") -> Path:
 
 
 def _draw_embedding(plt, ax, xy, labels, unseen, legend: bool, annotate: bool = True) -> None:
-    from affvae.latent_map import as_labels
+    from affvae.labels import as_labels
 
     xy = np.asarray(xy, dtype=float)
     labels = as_labels(labels)

@@ -100,7 +100,7 @@ def evaluate_items(model, latent_map: LatentMap, x: np.ndarray, labels: np.ndarr
                    seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """Encode ``x``, classify by the latent map and write metrics, predictions and figures."""
     from affvae.evaluate import confusion, evaluate_latents, proximity_matrix
-    from affvae.train import encode_all
+    from affvae.model import encode_all
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def evaluate_items(model, latent_map: LatentMap, x: np.ndarray, labels: np.ndarr
 def save_run(result, data, run_dir: str | os.PathLike) -> dict[str, Any]:
     """Write a trained run's directory and evaluate its test split and unseen classes."""
     from affvae.affinity.matrix import write_affinity_csv
-    from affvae.train import encode_all
+    from affvae.model import encode_all
 
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)

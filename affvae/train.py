@@ -1,26 +1,33 @@
-"""``train(cfg, data)``: the one training loop the CLI, Ray and the tests all call.
+"""``train(cfg, data, affinity, batches)``: the one training loop the CLI, Ray and the tests all call.
 
-The loop is deliberately plain: the whole training split lives in one tensor, a
-batch is one ``index_select``, validation runs under ``torch.inference_mode``, and
-the per-epoch numbers are accumulated as tensors and read once per epoch.  The
-validation accuracy of an epoch uses class centres of the mu seen during that
-epoch's training pass, so it costs no extra pass over the data.
+:func:`train` is a short orchestrator over named steps, each a function of one
+:class:`Session` (the model, optimiser and tensors of a run):
 
-Checkpoints (model, optimiser, RNG state and the history so far) are written
-every ``train.checkpoint_every`` epochs and at the end; with ``resume=True`` the
-run continues from the newest one and gives the same result as an uninterrupted
-run with the same seed.  A NaN or Inf loss stops the run with
-:class:`TrainingDiverged`, naming the epoch and the term.
+* :func:`setup`: seed, device, splits, model (DistributedDataParallel under a process
+  group), optimiser, the affinity matrix as a tensor;
+* :func:`restore`: the newest checkpoint's model, optimiser, RNG state and history;
+* :func:`train_epoch`: one pass over the training batches, returning the epoch's
+  ``train_*`` logs;
+* :func:`validate`: ``val_*`` terms and ``val_accuracy`` on the validation split;
+* :func:`checkpoint`: every ``train.checkpoint_every`` epochs and at the end.
+
+The caller resolves what the loop needs: the affinity matrix (``None`` for gamma = 0)
+and, for streamed data, ``batches(epoch)`` yielding this rank's ``(x, class index)``
+training batches in place of the in-memory split.
+
+The in-memory path keeps the whole training split in one tensor; a batch is one
+``index_select`` and the per-epoch numbers are accumulated as tensors and read once
+per epoch.  With ``resume=True`` a run continues from its newest checkpoint and
+gives the same result as an uninterrupted run with the same seed.  A NaN or Inf
+loss stops the run with :class:`TrainingDiverged`, naming the epoch and the term.
 
 Data-parallel: when a ``torch.distributed`` process group is up (Ray Train's
-TorchTrainer starts one, gloo on CPU and NCCL on GPU) the model is wrapped in
-DistributedDataParallel and every rank takes its share of each global batch
-(``train.batch_size`` items, rank r taking items r, r + W, ...), so W workers step
-exactly like one process on the same global batch when the loss is a per-item mean
-(gamma = 0 and no batch norm; the affinity term pairs items within each rank's
-share only).  Logged sums and class centres are summed over ranks; only rank 0
-writes checkpoints.  ``batches`` replaces the in-memory training batches, e.g. by a
-stream that renders fresh items every epoch (:mod:`affvae.data.stream`).
+TorchTrainer starts one, gloo on CPU and NCCL on GPU) every rank takes its share of
+each global batch (``train.batch_size`` items, rank r taking items r, r + W, ...),
+so W workers step exactly like one process on the same global batch when the loss
+is a per-item mean (gamma = 0 and no batch norm; the affinity term pairs items
+within each rank's share only).  Logged sums and class centres are summed over
+ranks; only rank 0 writes checkpoints.
 """
 
 from __future__ import annotations
@@ -31,24 +38,46 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from affvae.affinity.matrix import AffinityMatrix
-from affvae.data.augment import random_octahedral
 from affvae.data.io import Dataset
-from affvae.errors import AffvaeError, DataError
+from affvae.data.splits import Splits, splits_of
+from affvae.errors import AffvaeError, ConfigError, DataError
 from affvae.losses import class_anchors, loss_terms, schedule_value
 from affvae.model import AffinityVAE, build_model
+from affvae.transforms.augment import random_octahedral
 
 TERMS = ("recon", "kl", "affinity", "total")
+
+#: ``report(logs, checkpoint)`` after every epoch
+Report = Callable[[dict, "Path | None"], None]
+#: ``batches(epoch)`` -> this rank's ``(x, class index)`` training batches of an epoch
+Batches = Callable[[int], Iterable[tuple[Any, Any]]]
 
 
 class TrainingDiverged(AffvaeError):
     """A loss term became NaN or Inf."""
 
+
+@dataclass
+class TrainResult:
+    cfg: Any
+    model: AffinityVAE
+    history: list[dict[str, float]]
+    splits: Splits
+    classes: list[str]
+    affinity: AffinityMatrix | None
+    seconds: float
+    epochs_done: int
+    stopped_early: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- distributed helpers ------------------------------------------------------------------
 
 def dist_info() -> tuple[int, int]:
     """(rank, world size) of the torch.distributed group, (0, 1) without one."""
@@ -70,55 +99,6 @@ def _all_sum(t: torch.Tensor, world: int, device: torch.device | None = None) ->
     return d.cpu()
 
 
-@dataclass
-class Splits:
-    """Indices into the dataset: seen classes split three ways, unseen classes apart."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    unseen: np.ndarray
-
-    def name_of(self, n: int) -> np.ndarray:
-        out = np.full(n, "", dtype=object)
-        for name in ("train", "val", "test", "unseen"):
-            out[getattr(self, name)] = name
-        return out.astype(str)
-
-
-def split_indices(labels: np.ndarray, seen: list[str], val: float, test: float, seed: int) -> Splits:
-    """Stratified split of the seen items; every seen class keeps at least one training item."""
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for c in seen:
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n = len(idx)
-        n_test = int(round(n * test))
-        n_val = int(round(n * val))
-        if n - n_test - n_val < 1:
-            raise DataError(f"class {c!r} has {n} items: too few to split into train/val/test")
-        parts["test"].append(idx[:n_test])
-        parts["val"].append(idx[n_test:n_test + n_val])
-        parts["train"].append(idx[n_test + n_val:])
-    cat = {k: np.sort(np.concatenate(v)) if v else np.zeros(0, int) for k, v in parts.items()}
-    unseen = np.flatnonzero(~np.isin(labels, np.asarray(seen, dtype=str)))
-    return Splits(cat["train"], cat["val"], cat["test"], unseen)
-
-
-@dataclass
-class TrainResult:
-    cfg: Any
-    model: AffinityVAE
-    history: list[dict[str, float]]
-    splits: Splits
-    classes: list[str]
-    affinity: AffinityMatrix | None
-    seconds: float
-    epochs_done: int
-    stopped_early: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def choose_device(cfg) -> torch.device:
     want = cfg.train.device
     if want == "cuda" and not torch.cuda.is_available():
@@ -128,10 +108,7 @@ def choose_device(cfg) -> torch.device:
     return torch.device(want)
 
 
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
+# -- checkpoints ----------------------------------------------------------------------------
 
 def _checkpoint_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("epoch_*.pt"))
@@ -165,6 +142,105 @@ def load_checkpoint(path: Path) -> dict:
         raise AffvaeError(f"{path}: cannot read checkpoint ({e.__class__.__name__}: {e})") from None
 
 
+# -- the session and its steps ------------------------------------------------------------
+
+@dataclass(eq=False)
+class Session:
+    """What the steps of one training run share."""
+
+    cfg: Any
+    data: Dataset
+    device: torch.device
+    rank: int
+    world: int
+    use_amp: bool
+    classes: list[str]
+    splits: Splits
+    x_all: torch.Tensor
+    y_all: torch.Tensor
+    model: AffinityVAE
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    scaler: Any
+    affinity: AffinityMatrix | None
+    A: torch.Tensor | None
+    loss_kw: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    start_epoch: int = 0
+    restarts: int = 0
+
+    @property
+    def latent(self) -> int:
+        return self.cfg.model.latent_dims
+
+    @property
+    def augment(self) -> bool:
+        return self.cfg.data.augment == "octahedral"
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext()
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def setup(cfg, data: Dataset, affinity: AffinityMatrix | None, device: torch.device | None = None) -> Session:
+    """Seed, device, splits, tensors, model, optimiser and loss settings of a run."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    _seed_everything(cfg.seed)
+    device = device if device is not None else choose_device(cfg)
+    rank, world = dist_info()
+    if cfg.loss.gamma > 0 and affinity is None:
+        raise ConfigError("loss.gamma > 0 needs an affinity matrix (resolve one for the data first)")
+    if cfg.data.augment == "octahedral" and data.x.ndim != 4:
+        raise DataError("data.augment: octahedral needs 3D volumes")
+    classes = list(data.classes)
+    A = torch.as_tensor(affinity.values, dtype=torch.float32, device=device) if affinity is not None else None
+    class_of = {c: i for i, c in enumerate(classes)}
+    y_all = torch.tensor([class_of.get(c, -1) for c in data.labels.tolist()], dtype=torch.long)
+    x_all = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32)).unsqueeze(1)
+    if device.type == "cuda":
+        x_all = x_all.pin_memory()
+    model = build_model(cfg, data.shape).to(device)
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    use_amp = device.type == "cuda" and cfg.train.amp != "off"
+    lc = cfg.loss
+    anchors = class_anchors(A, cfg.model.latent_dims) if A is not None and lc.anchors > 0 else None
+    return Session(cfg=cfg, data=data, device=device, rank=rank, world=world, use_amp=use_amp,
+                   classes=classes, splits=splits_of(cfg, data), x_all=x_all, y_all=y_all, model=model,
+                   net=net, opt=opt, scaler=torch.amp.GradScaler("cuda") if use_amp else None,
+                   affinity=affinity, A=A,
+                   loss_kw=dict(recon=lc.recon, convention=lc.convention, anchors=anchors,
+                                anchor_weight=lc.anchors))
+
+
+def restore(s: Session, ckpt_dir: Path) -> bool:
+    """Load the newest checkpoint in ``ckpt_dir`` into the session; False if there is none."""
+    files = _checkpoint_files(ckpt_dir)
+    if not files:
+        return False
+    state = load_checkpoint(files[-1])
+    s.model.load_state_dict(state["model"])
+    s.opt.load_state_dict(state["optimizer"])
+    if s.scaler is not None and state.get("scaler"):
+        s.scaler.load_state_dict(state["scaler"])
+    s.history = list(state["history"])
+    s.start_epoch = int(state["epoch"])
+    s.restarts = int(state.get("restarts", 0)) + 1
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return True
+
+
 def _batches(idx: np.ndarray, batch_size: int, generator: torch.Generator | None, world: int = 1):
     """Shuffled global batches; a last batch too small to share among ranks is dropped."""
     order = torch.as_tensor(idx)
@@ -176,18 +252,97 @@ def _batches(idx: np.ndarray, batch_size: int, generator: torch.Generator | None
             yield chunk
 
 
-def encode_all(model: AffinityVAE, x: torch.Tensor, device, batch_size: int = 256):
-    """mu, logvar and pose of every item, batched, without autograd."""
-    model.eval()
-    mus, lvs, poses = [], [], []
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            mu, lv, pose = model.encode(x[start:start + batch_size].to(device, non_blocking=True))
-            mus.append(mu.float().cpu())
-            lvs.append(lv.float().cpu())
-            poses.append(pose.float().cpu())
-    cat = (lambda t: torch.cat(t).numpy()) if mus else (lambda t: np.zeros((0, model.latent_dims)))
-    return cat(mus), cat(lvs), (torch.cat(poses).numpy() if poses else np.zeros((0, model.pose_dims)))
+def memory_batches(s: Session, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """This rank's ``(x, class index, eps)`` batches of the in-memory training split.
+
+    The sampling noise of the global batch comes from the shared generator, so each
+    rank's share (rows r, r + W, ...) is what one process would draw.
+    """
+    for idx in _batches(s.splits.train, s.cfg.train.batch_size, gen, s.world):
+        eps = torch.randn(len(idx), s.latent, generator=gen)[s.rank::s.world]
+        idx = idx[s.rank::s.world]
+        x = s.x_all.index_select(0, idx)
+        if s.augment:
+            x = random_octahedral(x, gen)
+        yield x, s.y_all[idx], eps
+
+
+def streamed_batches(s: Session, batches: Batches, epoch: int,
+                     gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(x, class index, eps)`` from a caller's ``batches(epoch)``."""
+    for x, yc in batches(epoch):
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.dim() == len(s.data.shape) + 1:
+            x = x.unsqueeze(1)
+        if s.augment:
+            x = random_octahedral(x, gen)
+        yield x, torch.as_tensor(yc, dtype=torch.long), torch.randn(len(x), s.latent, generator=gen)
+
+
+def _check_finite(s: Session, total, terms, epoch: int, beta: float, gamma: float) -> None:
+    finite = torch.isfinite(total.detach()).float().reshape(1).cpu()
+    if s.world > 1:  # every rank stops together, or the others would wait forever
+        finite = _all_sum(finite, s.world, s.device) / s.world
+    if float(finite) < 1.0:
+        bad = [k for k, v in terms.items() if k != "total" and not torch.isfinite(v)]
+        which = bad[0] if bad else "total"
+        raise TrainingDiverged(
+            f"epoch {epoch + 1}: the {which} loss became {float(terms[which].detach())} "
+            f"(beta={beta:g}, gamma={gamma:g}, lr={s.cfg.train.lr:g}); lower the learning rate "
+            "or the loss weights"
+        )
+
+
+def _optimise(s: Session, total) -> None:
+    s.opt.zero_grad(set_to_none=True)
+    if s.scaler is not None:
+        s.scaler.scale(total).backward()
+        s.scaler.step(s.opt)
+        s.scaler.update()
+    else:
+        total.backward()
+        s.opt.step()
+
+
+def weights(s: Session, epoch: int) -> tuple[float, float]:
+    """(beta, gamma) at ``epoch`` under their schedules."""
+    lc, epochs = s.cfg.loss, s.cfg.train.epochs
+    return (schedule_value(lc.beta_schedule, lc.beta, epoch, epochs),
+            schedule_value(lc.gamma_schedule, lc.gamma, epoch, epochs))
+
+
+def train_epoch(s: Session, epoch: int, batches: Batches | None = None) -> tuple[dict[str, float], Any]:
+    """One pass over the training batches: the epoch's ``train_*`` logs and the mu it saw."""
+    beta, gamma = weights(s, epoch)
+    gen = torch.Generator().manual_seed(s.cfg.seed * 100003 + epoch)
+    source = memory_batches(s, gen) if batches is None else streamed_batches(s, batches, epoch, gen)
+    s.model.train()
+    sums = torch.zeros(len(TERMS), dtype=torch.float64)
+    n_seen = 0
+    mu_parts, y_parts = [], []
+    t0 = time.perf_counter()
+    for x, yc, eps in source:
+        x = x.to(s.device, non_blocking=True).squeeze(1)
+        yc = yc.to(s.device, non_blocking=True)
+        with s.autocast():
+            recon, mu, logvar, pose, z = s.net(x, eps=eps.to(s.device, non_blocking=True))
+        total, terms = loss_terms(x, recon, mu.float(), logvar.float(), z.float(), yc, s.A,
+                                  beta=beta, gamma=gamma, **s.loss_kw)
+        _check_finite(s, total, terms, epoch, beta, gamma)
+        _optimise(s, total)
+        k = len(yc)
+        sums += torch.stack([terms[t].detach().double().cpu() for t in TERMS]) * k
+        n_seen += k
+        mu_parts.append(mu.detach().float().cpu())
+        y_parts.append(yc.cpu())
+    if s.world > 1:
+        tot = _all_sum(torch.cat([sums, torch.tensor([float(n_seen)], dtype=torch.float64)]), s.world, s.device)
+        sums, n_seen = tot[:-1], int(tot[-1])
+    logs: dict[str, float] = {"epoch": epoch + 1, "beta": beta, "gamma": gamma}
+    logs.update({f"train_{t}": float(v) / max(n_seen, 1) for t, v in zip(TERMS, sums)})
+    logs["train_items"] = n_seen
+    logs["train_seconds"] = time.perf_counter() - t0
+    return logs, (mu_parts, y_parts)
 
 
 def _nearest_centre_accuracy(mu_train, y_train, mu_val, y_val, n_classes, world: int = 1,
@@ -203,208 +358,104 @@ def _nearest_centre_accuracy(mu_train, y_train, mu_val, y_val, n_classes, world:
     return float((pred == y_val).float().mean())
 
 
-def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None = None,
-          checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
-          affinity: AffinityMatrix | None = None, progress: bool = False,
-          device: torch.device | None = None,
-          batches: Callable[[int], Any] | None = None) -> TrainResult:
+def validate(s: Session, epoch: int, seen: Any) -> dict[str, float]:
+    """``val_*`` terms (z = mu, no autograd) and ``val_accuracy`` of the validation split."""
+    beta, gamma = weights(s, epoch)
+    s.model.eval()
+    vsums = torch.zeros(len(TERMS), dtype=torch.float64)
+    n_val = 0
+    vmu = []
+    with torch.inference_mode():
+        for idx in _batches(s.splits.val, 256, None):
+            x = s.x_all.index_select(0, idx).to(s.device, non_blocking=True).squeeze(1)
+            yc = s.y_all[idx].to(s.device)
+            with s.autocast():
+                recon, mu, logvar, pose, z = s.model(x, sample=False)
+            _, terms = loss_terms(x, recon, mu.float(), logvar.float(), z.float(), yc, s.A,
+                                  beta=beta, gamma=gamma, **s.loss_kw)
+            vsums += torch.stack([terms[t].double().cpu() for t in TERMS]) * len(idx)
+            n_val += len(idx)
+            vmu.append(mu.float().cpu())
+    if not n_val:
+        return {}
+    logs = {f"val_{t}": float(v) / n_val for t, v in zip(TERMS, vsums)}
+    mu_parts, y_parts = seen
+    logs["val_accuracy"] = _nearest_centre_accuracy(
+        torch.cat(mu_parts), torch.cat(y_parts), torch.cat(vmu), s.y_all[s.splits.val], len(s.classes),
+        s.world, s.device)
+    return logs
+
+
+def checkpoint(s: Session, ckpt_dir: Path | None, epoch: int, last: bool) -> Path | None:
+    """Write a checkpoint at this epoch if one is due (rank 0 only)."""
+    due = (epoch + 1) % s.cfg.train.checkpoint_every == 0 or last
+    if ckpt_dir is None or s.rank != 0 or not due:
+        return None
+    return save_checkpoint(ckpt_dir, epoch + 1, s.model, s.opt, s.scaler, s.history, s.restarts)
+
+
+def _progress(enabled: bool, s: Session):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=s.cfg.train.epochs, initial=s.start_epoch, desc="train", unit="epoch", disable=None)
+
+
+def _show(bar, logs: dict) -> None:
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{logs['train_total']:.4g}", acc=f"{logs.get('val_accuracy', math.nan):.3f}")
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+def train(cfg, data: Dataset, affinity: AffinityMatrix | None = None, batches: Batches | None = None, *,
+          report: Report | None = None, checkpoint_dir: str | os.PathLike | None = None,
+          resume: bool = False, progress: bool = False, device: torch.device | None = None) -> TrainResult:
     """Train an affinity-VAE on ``data`` as ``cfg`` says.
 
-    ``report(metrics, checkpoint)`` is called after every epoch with the epoch's
-    logs (``train_*``/``val_*`` terms, ``val_accuracy``, weights, timing) and the
-    checkpoint written at that epoch, if any.  ``affinity`` defaults to the one
-    :func:`affvae.data.sources.resolve_affinity` finds for ``cfg``.  ``device``
-    overrides ``train.device`` (Ray Train passes each worker's).  ``batches(epoch)``,
-    if given, yields this rank's ``(x, class index)`` training batches of an epoch
-    in place of the in-memory split.
+    ``affinity`` is the matrix over ``data.classes`` (needed when ``loss.gamma`` > 0);
+    ``batches(epoch)``, if given, yields this rank's ``(x, class index)`` training
+    batches of an epoch in place of the in-memory split (a stream).
+    ``report(logs, checkpoint)`` is called after every epoch with the epoch's logs and
+    the checkpoint written at that epoch, if any.  ``device`` overrides
+    ``train.device`` (Ray Train passes each worker's).
     """
-    from affvae.data.sources import resolve_affinity
-
     t_start = time.perf_counter()
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    _seed_everything(cfg.seed)
-    device = device if device is not None else choose_device(cfg)
-    rank, world = dist_info()
-    use_amp = device.type == "cuda" and cfg.train.amp != "off"
-    classes = list(data.classes)
-    if affinity is None:
-        affinity = resolve_affinity(cfg, data)
-    A = torch.as_tensor(affinity.values, dtype=torch.float32, device=device) if affinity is not None else None
-
-    splits = split_indices(data.labels, classes, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
-    class_of = {c: i for i, c in enumerate(classes)}
-    y_all = torch.tensor([class_of.get(c, -1) for c in data.labels.tolist()], dtype=torch.long)
-    x_all = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32)).unsqueeze(1)
-    if device.type == "cuda":
-        x_all = x_all.pin_memory()
-
-    model = build_model(cfg, data.shape).to(device)
-    net = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    restarts = 0
+    if cfg.data.stream and batches is None:
+        raise ConfigError("data.stream: pass the stream's batches (affvae.data.stream.stream_batches)")
+    s = setup(cfg, data, affinity, device)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    if resume and ckpt_dir is not None and _checkpoint_files(ckpt_dir):
-        state = load_checkpoint(_checkpoint_files(ckpt_dir)[-1])
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"])
-        restarts = int(state.get("restarts", 0)) + 1
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-
+    if resume and ckpt_dir is not None:
+        restore(s, ckpt_dir)
     epochs = cfg.train.epochs
-    lc = cfg.loss
-    augment = cfg.data.augment == "octahedral"
-    if augment and data.x.ndim != 4:
-        raise DataError("data.augment: octahedral needs 3D volumes")
-
-    latent = cfg.model.latent_dims
-    anchors = class_anchors(A, latent) if A is not None and lc.anchors > 0 else None
-    loss_kw = dict(recon=lc.recon, convention=lc.convention, anchors=anchors, anchor_weight=lc.anchors)
-
-    def memory_batches(epoch: int, gen: torch.Generator):
-        # the sampling noise of the global batch comes from the shared generator, so
-        # each rank's share (rows r, r + W, ...) is what one process would draw
-        for idx in _batches(splits.train, cfg.train.batch_size, gen, world):
-            eps = torch.randn(len(idx), latent, generator=gen)[rank::world]
-            idx = idx[rank::world]
-            x = x_all.index_select(0, idx)
-            if augment:
-                x = random_octahedral(x, gen)
-            yield x, y_all[idx], eps
-
-    if batches is None and cfg.data.stream:
-        from affvae.data.stream import epoch_batches_for, spec_from_config
-
-        batches = epoch_batches_for(spec_from_config(cfg, classes), data, splits.train,
-                                    cfg.train.batch_size, rank, world, engine="local")
-
-    def epoch_batches(epoch: int, gen: torch.Generator):
-        if batches is None:
-            yield from memory_batches(epoch, gen)
-            return
-        for x, yc in batches(epoch):
-            x = torch.as_tensor(x, dtype=torch.float32)
-            if x.dim() == len(data.shape) + 1:
-                x = x.unsqueeze(1)
-            if augment:
-                x = random_octahedral(x, gen)
-            yield x, torch.as_tensor(yc, dtype=torch.long), torch.randn(len(x), latent, generator=gen)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=epochs, initial=start_epoch, desc="train", unit="epoch", disable=None)
-    stopped_early = False
-    if report is not None and history and start_epoch >= epochs:
+    if report is not None and s.history and s.start_epoch >= epochs:
         # a resume that finds training already done (killed after its last report was
         # written but before the caller saw it): report the final epoch again, so the
         # caller's last result is the last epoch and its checkpoint, not a stale one
-        report(dict(history[-1]), _checkpoint_files(ckpt_dir)[-1] if rank == 0 else None)
-    for epoch in range(start_epoch, epochs):
+        report(dict(s.history[-1]), _checkpoint_files(ckpt_dir)[-1] if s.rank == 0 else None)
+    bar = _progress(progress, s)
+    stopped_early = False
+    for epoch in range(s.start_epoch, epochs):
         t0 = time.perf_counter()
-        beta = schedule_value(lc.beta_schedule, lc.beta, epoch, epochs)
-        gamma = schedule_value(lc.gamma_schedule, lc.gamma, epoch, epochs)
-        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        model.train()
-        sums = torch.zeros(len(TERMS), dtype=torch.float64)
-        n_seen = 0
-        mu_parts, y_parts = [], []
-        for x, yc, eps in epoch_batches(epoch, gen):
-            x = x.to(device, non_blocking=True)
-            yc = yc.to(device, non_blocking=True)
-            autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-            with autocast:
-                recon, mu, logvar, pose, z = net(x.squeeze(1), eps=eps.to(device, non_blocking=True))
-            total, terms = loss_terms(x.squeeze(1), recon, mu.float(), logvar.float(), z.float(), yc, A,
-                                      beta=beta, gamma=gamma, **loss_kw)
-            finite = torch.isfinite(total.detach()).float().reshape(1).cpu()
-            if world > 1:  # every rank stops together, or the others would wait forever
-                finite = _all_sum(finite, world, device) / world
-            if float(finite) < 1.0:
-                bad = [k for k, v in terms.items() if k != "total" and not torch.isfinite(v)]
-                which = bad[0] if bad else "total"
-                raise TrainingDiverged(
-                    f"epoch {epoch + 1}: the {which} loss became {float(terms[which].detach())} "
-                    f"(beta={beta:g}, gamma={gamma:g}, lr={cfg.train.lr:g}); lower the learning rate "
-                    "or the loss weights"
-                )
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(total).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                total.backward()
-                opt.step()
-            k = len(yc)
-            sums += torch.stack([terms[t].detach().double().cpu() for t in TERMS]) * k
-            n_seen += k
-            mu_parts.append(mu.detach().float().cpu())
-            y_parts.append(yc.cpu())
-        logs: dict[str, float] = {"epoch": epoch + 1, "beta": beta, "gamma": gamma}
-        if world > 1:
-            tot = _all_sum(torch.cat([sums, torch.tensor([float(n_seen)], dtype=torch.float64)]), world, device)
-            sums, n_seen = tot[:-1], int(tot[-1])
-        logs.update({f"train_{t}": float(v) / max(n_seen, 1) for t, v in zip(TERMS, sums)})
-
-        # validation: deterministic (z = mu), no autograd
-        model.eval()
-        vsums = torch.zeros(len(TERMS), dtype=torch.float64)
-        n_val = 0
-        vmu = []
-        with torch.inference_mode():
-            for idx in _batches(splits.val, 256, None):
-                x = x_all.index_select(0, idx).to(device, non_blocking=True).squeeze(1)
-                yc = y_all[idx].to(device)
-                autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-                with autocast:
-                    recon, mu, logvar, pose, z = model(x, sample=False)
-                _, terms = loss_terms(x, recon, mu.float(), logvar.float(), z.float(), yc, A,
-                                      beta=beta, gamma=gamma, **loss_kw)
-                vsums += torch.stack([terms[t].double().cpu() for t in TERMS]) * len(idx)
-                n_val += len(idx)
-                vmu.append(mu.float().cpu())
-        if n_val:
-            logs.update({f"val_{t}": float(v) / n_val for t, v in zip(TERMS, vsums)})
-            logs["val_accuracy"] = _nearest_centre_accuracy(
-                torch.cat(mu_parts), torch.cat(y_parts), torch.cat(vmu), y_all[splits.val], len(classes),
-                world, device)
-        dt = time.perf_counter() - t0
-        logs["epoch_seconds"] = dt
-        logs["samples_per_second"] = (n_seen + n_val) / dt if dt > 0 else float("nan")
-        history.append(logs)
-
-        elapsed_min = (time.perf_counter() - t_start) / 60
-        out_of_time = bool(cfg.train.max_minutes) and elapsed_min >= cfg.train.max_minutes
-        last = epoch + 1 == epochs or out_of_time
-        ckpt = None
-        if ckpt_dir is not None and rank == 0 and ((epoch + 1) % cfg.train.checkpoint_every == 0 or last):
-            ckpt = save_checkpoint(ckpt_dir, epoch + 1, model, opt, scaler, history, restarts)
+        logs, seen = train_epoch(s, epoch, batches)
+        logs.update(validate(s, epoch, seen))
+        logs["epoch_seconds"] = time.perf_counter() - t0
+        logs["samples_per_second"] = logs["train_items"] / max(logs["train_seconds"], 1e-9)
+        s.history.append(logs)
+        out_of_time = bool(cfg.train.max_minutes) and (time.perf_counter() - t_start) / 60 >= cfg.train.max_minutes
+        ckpt = checkpoint(s, ckpt_dir, epoch, last=epoch + 1 == epochs or out_of_time)
         if report is not None:
             report(dict(logs), ckpt)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['train_total']:.4g}", acc=f"{logs.get('val_accuracy', math.nan):.3f}")
-        if out_of_time and not epoch + 1 == epochs:
+        _show(bar, logs)
+        if out_of_time and epoch + 1 < epochs:
             stopped_early = True
             break
     if bar is not None:
         bar.close()
-    model.eval()
-    return TrainResult(cfg=cfg, model=model.cpu(), history=history, splits=splits, classes=classes,
+    s.model.eval()
+    return TrainResult(cfg=cfg, model=s.model.cpu(), history=s.history, splits=s.splits, classes=s.classes,
                        affinity=affinity, seconds=time.perf_counter() - t_start,
-                       epochs_done=len(history), stopped_early=stopped_early,
-                       extra={"restarts": restarts})
+                       epochs_done=len(s.history), stopped_early=stopped_early,
+                       extra={"restarts": s.restarts})

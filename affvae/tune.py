@@ -304,8 +304,8 @@ def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, resume: bool = F
 
     from affvae.config import build_config
     from affvae.data.sources import build_dataset
-    from affvae.distributed import ensure_ray
     from affvae.provenance import atomic_write, write_provenance
+    from affvae.raysession import ensure_ray
     from affvae.tracking import StudyTracker, resolve_tracking_uri
 
     t0 = time.perf_counter()
@@ -583,7 +583,7 @@ def study_arguments(description: str) -> argparse.ArgumentParser:
 
 def study_main(description: str, build: Callable[[str], StudySpec], argv: Sequence[str] | None = None) -> int:
     """Parse the shared study options, run the study, print where its results are."""
-    from affvae.cli import report_errors
+    from affvae.errors import report_errors
 
     args = study_arguments(description).parse_args(argv)
 

@@ -46,7 +46,7 @@ def ray_rate(size: int, items: int, cpus: int) -> float:
     import ray
 
     from affvae.data.stream import ray_dataset
-    from affvae.distributed import ensure_ray
+    from affvae.raysession import ensure_ray
 
     ensure_ray(num_cpus=cpus)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from affvae.data.augment import (
+from affvae.transforms.augment import (
     OCTAHEDRAL,
     angle_to_matrix,
     euler_to_matrix,
@@ -60,7 +60,7 @@ def test_ctf_has_its_first_zero_where_the_formula_says_and_acts_on_a_batch():
     import numpy as np
     import torch
 
-    from affvae.data.augment import apply_ctf, ctf_radial, electron_wavelength
+    from affvae.transforms.augment import apply_ctf, ctf_radial, electron_wavelength
 
     lam = electron_wavelength(300.0)
     assert abs(lam - 0.01969) < 1e-4  # 300 kV electrons: 0.0197 Å

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from affvae.cli import main
-from affvae.data.io import write_volume
+from affvae.volumes import write_volume
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from affvae.errors import DataError
-from affvae.latent_map import LatentMap, as_labels, index_of
+from affvae.labels import index_of
+from affvae.latent_map import LatentMap
 
 
 def clusters(n=60, dim=5, seed=0, names=("a", "b", "c")):
@@ -108,8 +109,3 @@ def test_dimension_mismatch_is_a_data_error():
     m = LatentMap.fit(mu, labels)
     with pytest.raises(DataError, match="3 latent dimensions.*5"):
         m.predict(np.zeros((2, 3)))
-
-
-def test_label_helpers():
-    assert as_labels(["a", None, float("nan"), 3]).tolist() == ["a", "", "", "3"]
-    assert index_of(["b", "x", "a"], ["a", "b"]).tolist() == [1, -1, 0]

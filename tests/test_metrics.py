@@ -11,9 +11,9 @@ from affvae.affinity.metrics import (
     similarity,
     similarity_matrix,
 )
-from affvae.data.augment import angle_to_matrix, rotate
 from affvae.data.simulate import AlphanumericSimulator, TetraminoSimulator
 from affvae.errors import AffinityError, DataError
+from affvae.transforms.augment import angle_to_matrix, rotate
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import gzip
 import numpy as np
 import pytest
 
-from affvae.data.augment import euler_to_matrix, rotate
 from affvae.data.proteins import SIGMA_FACTOR, ProteinSimulator, read_atoms, structure_files
 from affvae.errors import DataError
+from affvae.transforms.augment import euler_to_matrix, rotate
 
 ELEMENTS = {"C": 6, "N": 7, "O": 8, "S": 16}
 

@@ -3,7 +3,6 @@ import csv
 import numpy as np
 import pytest
 
-from affvae.data.augment import euler_to_matrix, rotate
 from affvae.data.io import load_folder
 from affvae.data.simulate import (
     ALL_GLYPHS,
@@ -15,6 +14,7 @@ from affvae.data.simulate import (
     write_dataset,
 )
 from affvae.errors import DataError
+from affvae.transforms.augment import euler_to_matrix, rotate
 
 
 @pytest.mark.parametrize("shape", list(TETRACUBES))

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from affvae.data.io import write_volume
 from affvae.data.star import load_star, read_star
 from affvae.errors import DataError
+from affvae.volumes import write_volume
 
 STAR = """
 # version 30001

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from affvae.config import build_config
-from affvae.data.sources import build_dataset
+from affvae.data.sources import build_dataset, resolve_affinity
 from affvae.data.stream import (
     local_batches,
     rank_items,
@@ -12,9 +12,10 @@ from affvae.data.stream import (
     render_batch,
     simulated_table,
     spec_from_config,
-    uniforms,
+    stream_batches,
 )
 from affvae.train import train
+from affvae.transforms.poses import uniforms
 
 TETRA = ["data.source=tetramino", "data.size=16", "data.shapes=[I, O, T]", "data.cube=3",
          "data.n_per_class=8", "model.filters=[4, 8]", "model.latent_dims=4", "train.batch_size=8",
@@ -69,7 +70,7 @@ def test_ray_data_gives_the_same_items_as_the_local_path(ray_cluster):
 def test_training_on_the_local_stream_sees_fresh_items_each_epoch():
     cfg = build_config(overrides=TETRA)
     data = build_dataset(cfg)
-    res = train(cfg, data)
+    res = train(cfg, data, resolve_affinity(cfg, data), stream_batches(cfg, data))
     assert [h["epoch"] for h in res.history] == [1, 2]
     assert all(np.isfinite(h["train_total"]) for h in res.history)
     spec = spec_from_config(cfg, data.classes)
@@ -89,7 +90,7 @@ def test_two_workers_train_on_the_ray_data_stream(ray_cluster, tmp_path):
 
 
 def test_item_noise_depends_on_the_item_not_the_batch():
-    from affvae.data.stream import item_normals
+    from affvae.transforms.poses import item_normals
 
     z = item_normals(np.array([5, 6, 7]), 10001)
     assert np.array_equal(z[1:], item_normals(np.array([6, 7]), 10001))
@@ -107,6 +108,7 @@ def test_training_streams_a_folder_of_files(tmp_path):
                                   "train.batch_size=4", "train.epochs=2", "data.affinity_metric=ncc"])
     data = build_dataset(cfg)
     seen = []
-    res = train(cfg, data, report=lambda m, ck: seen.append(m["train_total"]))
+    res = train(cfg, data, resolve_affinity(cfg, data), stream_batches(cfg, data),
+                report=lambda m, ck: seen.append(m["train_total"]))
     assert len(seen) == 2 and all(np.isfinite(seen))
     assert res.history[0]["samples_per_second"] > 0

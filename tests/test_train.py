@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from affvae.config import build_config
-from affvae.data.sources import build_dataset
-from affvae.train import TrainingDiverged, load_checkpoint, split_indices, train
+from affvae.data.sources import build_dataset, resolve_affinity
+from affvae.data.splits import split_indices
+from affvae.train import TrainingDiverged, load_checkpoint, train
 
 SMALL = ["data.source=alphanumeric", "data.size=16", "data.glyphs=aeio", "data.n_per_class=12",
          "model.filters=[4, 8]", "model.latent_dims=4", "train.batch_size=8", "train.epochs=4",
@@ -14,7 +15,8 @@ SMALL = ["data.source=alphanumeric", "data.size=16", "data.glyphs=aeio", "data.n
 @pytest.fixture(scope="module")
 def small():
     cfg = build_config(overrides=SMALL)
-    return cfg, build_dataset(cfg)
+    ds = build_dataset(cfg)
+    return cfg, ds, resolve_affinity(cfg, ds)
 
 
 def params(model):
@@ -33,9 +35,9 @@ def test_split_is_stratified_disjoint_and_reproducible():
 
 
 def test_training_lowers_the_loss_and_reports_every_epoch(small):
-    cfg, ds = small
+    cfg, ds, aff = small
     seen = []
-    res = train(cfg, ds, report=lambda m, ck: seen.append((m, ck)))
+    res = train(cfg, ds, aff, report=lambda m, ck: seen.append((m, ck)))
     assert [m["epoch"] for m, _ in seen] == [1, 2, 3, 4]
     h = res.history
     assert h[-1]["train_total"] < h[0]["train_total"]
@@ -45,11 +47,11 @@ def test_training_lowers_the_loss_and_reports_every_epoch(small):
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(small, tmp_path):
-    cfg, ds = small
-    full = train(cfg, ds, checkpoint_dir=tmp_path / "full")
+    cfg, ds, aff = small
+    full = train(cfg, ds, aff, checkpoint_dir=tmp_path / "full")
     half_cfg = build_config(overrides=SMALL + ["train.epochs=2"])
-    train(half_cfg, ds, checkpoint_dir=tmp_path / "resumed")
-    resumed = train(cfg, ds, checkpoint_dir=tmp_path / "resumed", resume=True)
+    train(half_cfg, ds, aff, checkpoint_dir=tmp_path / "resumed")
+    resumed = train(cfg, ds, aff, checkpoint_dir=tmp_path / "resumed", resume=True)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     assert torch.allclose(params(full.model), params(resumed.model), atol=1e-6)
     assert resumed.history[-1]["train_total"] == pytest.approx(full.history[-1]["train_total"], rel=1e-5)
@@ -58,10 +60,10 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(small, tmp_path):
 def test_resuming_a_finished_run_reports_its_last_epoch_and_checkpoint_again(small, tmp_path):
     # a trial killed after its last report but before its caller recorded it must not
     # end, on resume, with the caller's stale (earlier) epoch and checkpoint
-    cfg, ds = small
-    done = train(cfg, ds, checkpoint_dir=tmp_path / "ck")
+    cfg, ds, aff = small
+    done = train(cfg, ds, aff, checkpoint_dir=tmp_path / "ck")
     seen = []
-    again = train(cfg, ds, checkpoint_dir=tmp_path / "ck", resume=True, report=lambda logs, p: seen.append((logs, p)))
+    again = train(cfg, ds, aff, checkpoint_dir=tmp_path / "ck", resume=True, report=lambda logs, p: seen.append((logs, p)))
     assert len(seen) == 1 and seen[0][0]["epoch"] == 4
     assert seen[0][0]["train_total"] == done.history[-1]["train_total"]
     assert seen[0][1] is not None and load_checkpoint(seen[0][1])["epoch"] == 4
@@ -69,16 +71,16 @@ def test_resuming_a_finished_run_reports_its_last_epoch_and_checkpoint_again(sma
 
 
 def test_nan_loss_stops_with_epoch_and_term(small):
-    cfg, ds = small
+    cfg, ds, aff = small
     bad_cfg = build_config(overrides=SMALL + ["data.normalise=none", "model.output=linear"])
     bad = build_dataset(bad_cfg)
     bad.x = bad.x * np.float32(1e30)
     with pytest.raises(TrainingDiverged, match=r"epoch 1: the recon loss became (inf|nan)"):
-        train(bad_cfg, bad)
+        train(bad_cfg, bad, aff)
 
 
 def test_gamma_zero_trains_without_an_affinity_matrix(small):
-    cfg, ds = small
+    cfg, ds, aff = small
     res = train(build_config(overrides=SMALL + ["loss.gamma=0", "model.pose_dims=0", "train.epochs=1"]), ds)
     assert res.affinity is None
     assert res.history[0]["train_affinity"] == 0.0

@@ -157,8 +157,6 @@ def write_affinity_csv(matrix: AffinityMatrix, path: str | os.PathLike) -> Path:
 
 #: Bump when a metric's numbers change, so cached matrices are recomputed.
 CACHE_VERSION = 1
-#: Members read per class when a class has no template (see class_representatives).
-MAX_MEMBERS = 32
 
 
 def cache_dir() -> Path:
@@ -186,46 +184,6 @@ def medoid_index(stack: np.ndarray, metric: str = "fsc") -> int:
     if len(stack) <= 2:
         return 0
     return int(np.argmax(similarity_matrix(stack, metric=metric).sum(1)))
-
-
-def class_representatives(index, metric: str = "fsc", max_members: int = MAX_MEMBERS,
-                          size: int | None = None) -> tuple[list[str], np.ndarray, dict[str, str]]:
-    """One object per class: its template, else the class medoid.
-
-    Without a ``template_<class>`` file, a class is represented by its medoid: of
-    the class's first ``max_members`` files (in name order), the one with the highest
-    mean similarity to the others under ``metric``.  A medoid is a real object, not
-    the blur that averaging rotated copies would give.  Returns the classes, the
-    stacked objects and, per class, where the representative came from.
-    """
-    from affvae.data.augment import resize_to_box
-    from affvae.data.io import read_volume
-
-    # Training classes first (in their order), then held-out classes, then classes
-    # that only have a template.
-    classes = list(dict.fromkeys([*index.classes, *sorted(set(index.labels.tolist())),
-                                  *sorted(index.templates)]))
-    objs, source = [], {}
-    for c in classes:
-        if c in index.templates:
-            objs.append(read_volume(index.root / index.templates[c]))
-            source[c] = index.templates[c]
-            continue
-        members = [p for p, lab in zip(index.paths, index.labels) if lab == c][:max_members]
-        stack = np.stack([read_volume(index.root / p) for p in members])
-        k = medoid_index(stack, metric)
-        objs.append(stack[k])
-        source[c] = f"medoid of {len(members)}: {members[k]}"
-    shapes = {o.shape for o in objs}
-    if len(shapes) > 1:
-        raise AffinityError(
-            f"{index.root}: class representatives have different shapes "
-            f"({', '.join('x'.join(map(str, s)) for s in sorted(shapes))})"
-        )
-    X = np.stack(objs)
-    if size is not None:
-        X = resize_to_box(X, size)
-    return classes, X, source
 
 
 def _block_task(X, rows: tuple[int, int], cols: tuple[int, int], metric: str) -> np.ndarray:
@@ -257,7 +215,7 @@ def sharded_values(objects: np.ndarray, metric: str = "fsc", align: int = 0,
     from tqdm import tqdm
 
     from affvae.affinity.metrics import get_metric, rotation_set, symmetrise_aligned
-    from affvae.distributed import ensure_ray
+    from affvae.raysession import ensure_ray
 
     ensure_ray()
     m = get_metric(metric)

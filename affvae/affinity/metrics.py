@@ -239,7 +239,7 @@ def rotation_set(ndim: int, n: int, seed: int = 0) -> np.ndarray:
     """
     from scipy.spatial.transform import Rotation
 
-    from affvae.data.augment import angle_to_matrix
+    from affvae.transforms.augment import angle_to_matrix
 
     if n < 1:
         raise AffinityError(f"rotation count {n}: expected at least 1")
@@ -258,7 +258,7 @@ def aligned_best(X, rotations: np.ndarray, metric: str = "fsc", Y=None,
     union of rotation sets is the maximum of the parts, so blocks of rotations can
     be computed anywhere (:func:`affvae.affinity.matrix.compute_matrix` with Ray).
     """
-    from affvae.data.augment import rotate
+    from affvae.transforms.augment import rotate
 
     m = get_metric(metric)
     X = _as_tensor(X)

@@ -66,7 +66,7 @@ Centring needs a reference, and centring on only two objects makes any pair -1.
 The reference is the set of *distinct* objects compared (the union of X and Y,
 duplicate descriptors counted once) when it has at least 3 members.  Otherwise
 (one or two objects) it is a fixed set: the descriptors of the paper's 12 glyphs
-(:data:`affvae.data.simulate.PAPER_GLYPHS`) rendered unrotated by the simulator
+(:data:`affvae.transforms.glyphs.PAPER_GLYPHS`) rendered unrotated
 at the images' size, computed once per (size, parameters) and cached.  For
 objects that are paper glyphs the two rules agree: a pair scores exactly what it
 scores in the 12x12 matrix.  Values always depend on the reference (they are
@@ -76,7 +76,7 @@ object whose descriptor equals the reference mean has no direction; its
 similarity to anything else is 0 and identical descriptors score 1.
 
 Measured (12 paper glyphs, 64x64, defaults; reproduce with
-``python -m affvae.affinity.soap``)
+``python benchmarks/soap_glyphs.py``)
 ----------------------------------------------------------------------------------
 * plain settings (pixel units, r_cut 6, inner), raw cosine: off-diagonal
   min 0.989, max 1.000, mean 0.998;
@@ -257,10 +257,9 @@ def reference_descriptors(size: int = 64, params: SoapParams = DEFAULT_PARAMS) -
 
     The fixed centring reference used when fewer than 3 distinct objects are compared.
     """
-    from affvae.data.simulate import PAPER_GLYPHS, AlphanumericSimulator
+    from affvae.transforms.glyphs import PAPER_GLYPHS, render_glyphs
 
-    sim = AlphanumericSimulator(size=max(int(size), 16))
-    D = soap_descriptors(sim.render(list(PAPER_GLYPHS), np.zeros(len(PAPER_GLYPHS))), params)
+    D = soap_descriptors(render_glyphs(PAPER_GLYPHS, np.zeros(len(PAPER_GLYPHS)), max(int(size), 16)), params)
     D.setflags(write=False)
     return D
 
@@ -337,64 +336,3 @@ def soap_cross(X: np.ndarray, Y: np.ndarray | None = None, **params) -> np.ndarr
     if len(DX) == 0 or (DY is not None and len(DY) == 0):
         return np.zeros((len(DX), len(DX) if DY is None else len(DY)))
     return soap_kernel(DX, DY, params=p, size=max(X.shape[1:]))
-
-
-# ----------------------------------------------------------------- measurements
-
-
-def _report(plot: str | None = None) -> None:  # pragma: no cover - documentation helper
-    """Print the numbers quoted above; optionally save the 12x12 heatmap."""
-    import time
-
-    from affvae.data.simulate import PAPER_GLYPHS, AlphanumericSimulator
-
-    g = list(PAPER_GLYPHS)
-    sim = AlphanumericSimulator(size=64)
-    T = sim.render(g, np.zeros(len(g)))
-    off = ~np.eye(len(g), dtype=bool)
-    t = time.perf_counter()
-    M = soap_cross(T)
-    dt = time.perf_counter() - t
-    U = _unit(soap_descriptors(T), "D")
-    raw = (U @ U.T)[off]
-    print(f"parameters: {DEFAULT_PARAMS.as_dict()}")
-    print(f"raw cosine off-diagonal: min {raw.min():.3f} max {raw.max():.3f} mean {raw.mean():.3f}")
-    o = M[off]
-    print(f"normalised off-diagonal: min {o.min():.3f} max {o.max():.3f} mean {o.mean():.3f} "
-          f"std {o.std():.3f}  ({dt:.2f} s)")
-    ix = {c: i for i, c in enumerate(g)}
-    for a, b in [("b", "d"), ("b", "p"), ("b", "x"), ("a", "e"), ("i", "j"), ("z", "x")]:
-        print(f"  {a}-{b}: {M[ix[a], ix[b]]:.3f}")
-    R = sim.render(g, np.full(len(g), 30.0))
-    M2 = soap_cross(np.concatenate([T, R]))
-    n = len(g)
-    for i, c in enumerate(g):
-        group = {"b", "d", "p"} if c in "bdp" else {c}
-        others = [j for j in range(n) if g[j] not in group]
-        best = max(M2[i, others].max(), M2[i, [n + j for j in others]].max())
-        print(f"  {c} vs own 30-degree copy {M2[i, n + i]:.3f}, best other {best:.3f}")
-    if plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.4, 5.4))
-        im = ax.imshow(M, cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_xticks(range(n), g)
-        ax.set_yticks(range(n), g)
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if abs(M[i, j]) > 0.6 else "black")
-        ax.set_title("SOAP similarity, 12 paper glyphs (64x64, defaults)")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-        fig.tight_layout()
-        fig.savefig(plot, dpi=120)
-        print(f"wrote {plot}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    _report(sys.argv[1] if len(sys.argv) > 1 else None)

@@ -39,14 +39,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from affvae.affinity.matrix import class_representatives, compute_matrix, write_affinity_csv
+    from affvae.affinity.matrix import compute_matrix, write_affinity_csv
     from affvae.data.io import index_folder
+    from affvae.data.representatives import class_representatives
     from affvae.provenance import write_provenance
 
     index = index_folder(args.folder, affinity=False)
     classes, objects, source = class_representatives(index, args.metric, size=args.size)
     if args.ray:
-        from affvae.distributed import ensure_ray
+        from affvae.raysession import ensure_ray
 
         ensure_ray(args.address)
     matrix = compute_matrix(classes, objects, args.metric, align=args.align,

@@ -27,8 +27,8 @@ def main(args: argparse.Namespace) -> int:
     import numpy as np
 
     from affvae.data.io import load_folder
-    from affvae.data.sources import normalise
     from affvae.runs import evaluate_items, load_run, read_embeddings
+    from affvae.transforms.imaging import normalise
 
     cfg, model, lm, info = load_run(args.run)
     data_dir = Path(args.data)

@@ -65,7 +65,8 @@ def main(args: argparse.Namespace) -> int:
     if args.gpu and not args.workers:
         raise AffvaeError("--gpu needs --workers N (a single process uses a GPU when train.device allows)")
     if args.workers:
-        from affvae.distributed import ensure_ray, train_distributed
+        from affvae.distributed import train_distributed
+        from affvae.raysession import ensure_ray
 
         if args.resume:
             raise AffvaeError("--resume with --workers: Ray Train resumes by itself after failures; "
@@ -75,8 +76,13 @@ def main(args: argparse.Namespace) -> int:
         result = train_distributed(cfg, data, workers=args.workers, use_gpu=args.gpu,
                                    storage=out / "ray", max_failures=args.max_failures)
     else:
-        result = train(cfg, data, checkpoint_dir=out / "checkpoints", resume=args.resume,
-                       progress=sys.stderr.isatty(), report=None if sys.stderr.isatty() else _log_epoch)
+        from affvae.data.sources import resolve_affinity
+        from affvae.data.stream import stream_batches
+
+        batches = stream_batches(cfg, data) if cfg.data.stream else None
+        result = train(cfg, data, resolve_affinity(cfg, data), batches, checkpoint_dir=out / "checkpoints",
+                       resume=args.resume, progress=sys.stderr.isatty(),
+                       report=None if sys.stderr.isatty() else _log_epoch)
     metrics = save_run(result, data, out)
     acc = metrics.get("accuracy")
     line = f"trained {result.epochs_done} epochs in {result.seconds:.0f} s; test accuracy {acc:.3f}" \

@@ -51,12 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import mrcfile
 import numpy as np
 
 from affvae.affinity.matrix import AffinityMatrix, read_affinity_csv
 from affvae.errors import AffinityError, DataError
-from affvae.provenance import atomic_save
+from affvae.volumes import DATA_SUFFIXES, read_volume, reason, shape_str
 
 __all__ = [
     "DATA_SUFFIXES",
@@ -65,132 +64,14 @@ __all__ = [
     "has_test_folder",
     "index_folder",
     "load_folder",
-    "read_volume",
-    "write_volume",
 ]
 
-#: File suffixes that hold objects (compared case-insensitively).
-DATA_SUFFIXES = (".mrc", ".mrcs", ".npy")
-_MRC_SUFFIXES = (".mrc", ".mrcs")
 TEMPLATE_PREFIX = "template_"
 CLASSES_FILE = "classes.csv"
 AFFINITY_GLOB = "affinity*.csv"
 TEST_FOLDER = "test"
 #: Items resized per call to ``resize_to_box`` (bounds the temporary memory).
 _RESIZE_CHUNK = 512
-
-
-# --------------------------------------------------------------------------- volumes
-
-
-def _shape_str(shape: Sequence[int]) -> str:
-    return "x".join(map(str, shape))
-
-
-def read_volume(path: str | os.PathLike) -> np.ndarray:
-    """Read one object from ``.mrc``, ``.mrcs`` or ``.npy`` as a float32 array.
-
-    Leading singleton axes are dropped; the result is 2D ``(H, W)`` or 3D
-    ``(D, H, W)`` with finite values.  A missing, truncated or corrupt file, a
-    complex or non-numeric type, another dimensionality or NaN/Inf voxels raise
-    :class:`DataError` naming the file.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in _MRC_SUFFIXES:
-        try:
-            with mrcfile.open(path, mode="r", permissive=False) as mrc:
-                data = mrc.data
-                if data is None:
-                    raise DataError(f"{path}: MRC file has no data block")
-                raw_dtype = data.dtype
-                arr = np.array(data, copy=True) if raw_dtype.kind in "iuf" else None
-        except DataError:
-            raise
-        except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"{path}: cannot read MRC file ({_reason(e)})") from None
-    elif suffix == ".npy":
-        try:
-            data = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"{path}: cannot read .npy file ({_reason(e)})") from None
-        raw_dtype = data.dtype
-        arr = data if raw_dtype.kind in "iuf" else None
-    else:
-        raise DataError(
-            f"{path}: unsupported file type {path.suffix!r}, expected one of "
-            f"{', '.join(DATA_SUFFIXES)}"
-        )
-    if arr is None:
-        raise DataError(f"{path}: data type {raw_dtype} is not a real number type")
-    shape = arr.shape
-    while arr.ndim > 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim not in (2, 3) or min(arr.shape) < 2:
-        raise DataError(
-            f"{path}: shape {_shape_str(shape) or '()'} is not a 2D image (H,W) or 3D volume "
-            "(D,H,W) with every side at least 2"
-        )
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    _check_finite(arr, path)
-    return arr
-
-
-def _reason(e: BaseException) -> str:
-    msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
-    return " ".join(str(msg).split())  # one line
-
-
-def _check_finite(arr: np.ndarray, path) -> None:
-    finite = np.isfinite(arr)
-    if not finite.all():
-        n_nan = int(np.isnan(arr).sum())
-        n_inf = int(finite.size - finite.sum()) - n_nan
-        raise DataError(
-            f"{path}: {n_nan + n_inf} non-finite voxel(s) ({n_nan} NaN, {n_inf} Inf) out of "
-            f"{arr.size}, expected finite values"
-        )
-
-
-def write_volume(path: str | os.PathLike, array, voxel_size: float = 1.0) -> Path:
-    """Write one 2D or 3D object as ``.mrc``/``.mrcs`` (float32) or ``.npy`` (float32).
-
-    The write is atomic: the data go to a hidden temporary file beside ``path``
-    that is renamed over it only when complete, so a failure never leaves a
-    truncated file in place of a good one.  A 2D array written as ``.mrcs`` is
-    stored as a one-image stack ``(1, H, W)``.  ``voxel_size`` (Angstrom) is
-    recorded in MRC headers and ignored for ``.npy``.  Returns ``path``.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in DATA_SUFFIXES:
-        raise DataError(
-            f"{path}: unsupported file type {path.suffix!r}, expected one of "
-            f"{', '.join(DATA_SUFFIXES)}"
-        )
-    arr = np.asarray(array)
-    if arr.ndim not in (2, 3):
-        raise DataError(
-            f"{path}: cannot write shape {_shape_str(arr.shape) or '()'}, expected a 2D image "
-            "(H,W) or a 3D volume (D,H,W)"
-        )
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    _check_finite(arr, path)
-
-    if suffix == ".npy":
-        def writer(tmp):
-            np.save(tmp, arr, allow_pickle=False)
-    else:
-        def writer(tmp):
-            stack = suffix == ".mrcs"
-            data = arr[None] if (stack and arr.ndim == 2) else arr
-            with mrcfile.new(tmp, overwrite=True) as mrc:
-                mrc.set_data(data)
-                if stack:
-                    mrc.set_image_stack()
-                mrc.voxel_size = voxel_size
-    atomic_save(path, writer)
-    return path
 
 
 # --------------------------------------------------------------------------- index
@@ -242,7 +123,7 @@ def _read_classes_csv(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read classes file ({_reason(e)})") from None
+        raise DataError(f"{path}: cannot read classes file ({reason(e)})") from None
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise DataError(f"{path}: empty, expected one comma-separated line of class names")
@@ -446,7 +327,7 @@ class Dataset:
 
 
 def _resize(x: np.ndarray, size: int) -> np.ndarray:
-    from affvae.data.augment import resize_to_box
+    from affvae.transforms.augment import resize_to_box
 
     nd = x.ndim - 1
     out = np.empty((x.shape[0],) + (size,) * nd, dtype=np.float32)
@@ -470,8 +351,8 @@ def read_items(files: Sequence[str | os.PathLike], size: int | None = None, prog
         elif arr.shape != x.shape[1:]:
             shown = Path(first).name if Path(first).parent == Path(f).parent else first
             raise DataError(
-                f"{f}: shape {_shape_str(arr.shape)} differs from "
-                f"{_shape_str(x.shape[1:])} of {shown}, expected all items the same shape"
+                f"{f}: shape {shape_str(arr.shape)} differs from "
+                f"{shape_str(x.shape[1:])} of {shown}, expected all items the same shape"
             )
         x[i] = arr
     if x is None:
@@ -508,8 +389,8 @@ def load_folder(
         t = read_volume(root / rel)
         if t.shape != x.shape[1:]:
             raise DataError(
-                f"{root / rel}: template shape {_shape_str(t.shape)} differs from the item shape "
-                f"{_shape_str(x.shape[1:])} (e.g. {first})"
+                f"{root / rel}: template shape {shape_str(t.shape)} differs from the item shape "
+                f"{shape_str(x.shape[1:])} (e.g. {first})"
             )
         templates[cls] = t
 

@@ -22,9 +22,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from affvae.data.augment import euler_to_matrix
 from affvae.data.simulate import Simulator
 from affvae.errors import DataError
+from affvae.transforms.augment import euler_to_matrix
 
 #: molmap: sigma = SIGMA_FACTOR x resolution
 SIGMA_FACTOR = 0.225

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import abc
 import csv
-import functools
 import os
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,13 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from affvae.data.augment import angle_to_matrix, euler_to_matrix, rotate
 from affvae.errors import DataError
-
-#: The glyphs of the affinity-VAE paper's 2D experiments.
-PAPER_GLYPHS = tuple("aebdpijz2kxu")
-#: Every glyph the alphanumeric simulator can render.
-ALL_GLYPHS = tuple(string.ascii_lowercase + string.digits)
+from affvae.transforms.augment import euler_to_matrix
+from affvae.transforms.glyphs import ALL_GLYPHS, PAPER_GLYPHS, render_glyphs
+from affvae.transforms.poses import sample_poses
 
 #: The eight one-sided tetracubes: five planar (the tetrominoes I, O, T, L, S) and
 #: three non-planar: the tripod ("branch") and the chiral pair of skew "screws".
@@ -63,36 +58,6 @@ class ItemSpec:
 
 
 # --------------------------------------------------------------------------- poses
-
-
-def sample_poses(n: int, ndim: int, rng: np.random.Generator, rotation: str = "uniform",
-                 max_angle: float = 45.0) -> np.ndarray:
-    """Random poses: ``(n,)`` in-plane angles for 2D, ``(n, 3)`` ZYZ Euler angles for 3D.
-
-    2D: integer degrees uniformly in the open interval (-max_angle, max_angle), as in
-    the paper.  3D ``rotation="uniform"``: uniform over SO(3) (Shoemake's method);
-    ``"grid"``: rotations about x, y and z by independent multiples of 10 degrees
-    (the paper's grid), expressed as ZYZ Euler angles; ``"none"``: identity.
-    """
-    from scipy.spatial.transform import Rotation
-
-    if ndim == 2:
-        if rotation == "none":
-            return np.zeros(n)
-        m = int(np.ceil(max_angle)) - 1
-        return rng.integers(-m, m + 1, size=n).astype(np.float64)
-    if rotation == "none":
-        return np.zeros((n, 3))
-    if rotation == "uniform":
-        rot = Rotation.random(n, random_state=rng)
-    elif rotation == "grid":
-        steps = rng.integers(0, 36, size=(n, 3)) * 10.0
-        rot = Rotation.from_euler("xyz", steps, degrees=True)
-    else:
-        raise DataError(f"rotation {rotation!r}: expected one of uniform, grid, none")
-    if n == 0:
-        return np.zeros((0, 3))
-    return np.atleast_2d(rot.as_euler("ZYZ", degrees=True))
 
 
 # ------------------------------------------------------------------------ simulators
@@ -143,38 +108,6 @@ class Simulator(abc.ABC):
         return self.render([s.cls for s in specs], poses)
 
 
-@functools.lru_cache(maxsize=None)
-def _glyph_mask(ch: str, size: int, oversample: int, fill: float, glyph_size: str = "natural") -> np.ndarray:
-    """A glyph rasterised on a ``size*oversample`` grid, centred on its outline's box.
-
-    ``glyph_size`` "natural": scaled by the height of a capital, so every glyph keeps
-    its size relative to the others (an 'i' stays narrow, a 'z' short beside a '2');
-    "box": each glyph scaled so the longer side of its own outline box is that height.
-    """
-    from matplotlib.font_manager import FontProperties
-    from matplotlib.path import Path as MplPath
-    from matplotlib.textpath import TextPath
-
-    prop = FontProperties(family="DejaVu Sans")
-    path = TextPath((0, 0), ch, size=1.0, prop=prop)
-    ext = path.get_extents()
-    if glyph_size == "natural":
-        cap = TextPath((0, 0), "H", size=1.0, prop=prop).get_extents().height
-    else:
-        cap = max(ext.width, ext.height)
-    cx, cy = (ext.x0 + ext.x1) / 2, (ext.y0 + ext.y1) / 2
-    n = size * oversample
-    scale = fill * n / cap
-    # Pixel centres in glyph units; image rows go down, glyph y goes up.
-    u = (np.arange(n) + 0.5 - n / 2) / scale
-    gx, gy = np.meshgrid(u + cx, -u + cy)
-    pts = np.stack([gx.ravel(), gy.ravel()], 1)
-    inside = np.zeros(len(pts), dtype=bool)
-    for poly in path.to_polygons(closed_only=True):
-        inside ^= MplPath(poly).contains_points(pts)  # even-odd rule keeps holes open
-    return inside.reshape(n, n).astype(np.float32)
-
-
 @dataclass
 class AlphanumericSimulator(Simulator):
     """Binary glyphs from DejaVu Sans, rotated in-plane by integer degrees.
@@ -209,11 +142,8 @@ class AlphanumericSimulator(Simulator):
 
     def render(self, classes: Sequence[str], poses: np.ndarray) -> np.ndarray:
         self._check_classes(classes)
-        masks = np.stack([_glyph_mask(c, self.size, self.oversample, self.fill, self.glyph_size)
-                          for c in classes])
-        fine = rotate(torch.from_numpy(masks), torch.from_numpy(angle_to_matrix(poses)))
-        coarse = F.avg_pool2d(fine.unsqueeze(1), self.oversample).squeeze(1)
-        return (coarse >= 0.5).to(torch.float32).numpy()
+        return render_glyphs(classes, poses, self.size, oversample=self.oversample, fill=self.fill,
+                             glyph_size=self.glyph_size)
 
 
 @dataclass
@@ -331,8 +261,8 @@ def write_dataset(sim: Simulator, out: str | os.PathLike, n_per_class: int, seed
     """
     from tqdm import tqdm
 
-    from affvae.data.io import write_volume
     from affvae.provenance import atomic_write, write_provenance
+    from affvae.volumes import write_volume
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -13,6 +13,7 @@ import numpy as np
 from affvae.affinity.matrix import AffinityMatrix, compute_matrix, medoid_index, read_affinity_csv
 from affvae.data.io import Dataset, load_folder
 from affvae.errors import ConfigError, DataError
+from affvae.transforms.imaging import apply_effects, normalise
 
 
 def simulator_class(source: str):
@@ -53,46 +54,6 @@ def make_simulator(d):
     return simulator_class(d.source)(**simulator_kwargs(d))
 
 
-def normalise(x: np.ndarray, how: str) -> np.ndarray:
-    """Per item: minmax to [0, 1], standard (zero mean, unit sd) or none."""
-    if how == "none" or len(x) == 0:
-        return x.astype(np.float32, copy=False)
-    flat = x.reshape(len(x), -1)
-    if how == "minmax":
-        lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
-        out = (flat - lo) / np.where(hi > lo, hi - lo, 1.0)
-    else:
-        mean, sd = flat.mean(1, keepdims=True), flat.std(1, keepdims=True)
-        out = (flat - mean) / np.where(sd > 0, sd, 1.0)
-    return out.reshape(x.shape).astype(np.float32)
-
-
-def imaging_effects(x: np.ndarray, d, seed: int, chunk: int = 256) -> np.ndarray:
-    """Missing wedge then noise at an SNR, as configured (batched, reproducible from seed)."""
-    if d.wedge is None and d.snr is None and d.ctf_defocus is None:
-        return x
-    import torch
-
-    from affvae.data.augment import add_noise, apply_ctf, missing_wedge
-
-    voxel = d.voxel_size or d.resolution / 3  # proteins: the simulator's default voxel size
-
-    g = torch.Generator().manual_seed(seed + 1)
-    out = []
-    for s in range(0, len(x), chunk):
-        t = torch.from_numpy(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32))
-        if d.ctf_defocus is not None:
-            t = apply_ctf(t, voxel, d.ctf_defocus)
-        if d.wedge is not None:
-            if t.dim() != 4:
-                raise ConfigError("data.wedge: a missing wedge applies to 3D volumes only")
-            t = missing_wedge(t, d.wedge)
-        if d.snr is not None:
-            t = add_noise(t, d.snr, g)
-        out.append(t.numpy())
-    return np.concatenate(out) if out else x
-
-
 def build_dataset(cfg, progress: bool = False) -> Dataset:
     """The whole dataset of a config: training classes plus held-out ones."""
     d = cfg.data
@@ -130,7 +91,7 @@ def build_dataset(cfg, progress: bool = False) -> Dataset:
         )
     if not ds.classes:
         raise ConfigError("data: no classes left to train on")
-    ds.x = imaging_effects(ds.x, d, cfg.seed)
+    ds.x = apply_effects(ds.x, d, cfg.seed)
     ds.x = normalise(ds.x, d.normalise)
     ds.templates = {c: normalise(t[None], d.normalise)[0] for c, t in ds.templates.items()}
     return ds

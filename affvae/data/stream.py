@@ -27,69 +27,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """A counter-based 64-bit mixer (SplitMix64), vectorised over uint64 arrays."""
-    with np.errstate(over="ignore"):
-        z = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
-        z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
-        z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
-        return z ^ (z >> np.uint64(31))
-
-
-def uniforms(seed: int, ids: np.ndarray, k: int) -> np.ndarray:
-    """``(len(ids), k)`` uniform numbers in [0, 1), a pure function of (seed, id, j)."""
-    ids = np.asarray(ids, dtype=np.uint64)
-    with np.errstate(over="ignore"):  # wrapping uint64 arithmetic is the point
-        base = _splitmix64(np.uint64(seed % 2**63) * np.uint64(0x632BE59BD9B4E019) + ids * np.uint64(k + 1))
-        cols = [_splitmix64(base + np.uint64(j)) >> np.uint64(11) for j in range(k)]
-    return np.stack(cols, 1).astype(np.float64) / float(2**53)
-
-
-def item_normals(seeds: np.ndarray, n: int) -> np.ndarray:
-    """``(len(seeds), n)`` standard normals, row i a pure function of ``seeds[i]``.
-
-    Counter-based (one SplitMix64 hash per pair of numbers, Box-Muller), so an
-    item's noise is the same whatever batch it is rendered in and wherever.
-    """
-    seeds = np.asarray(seeds, dtype=np.int64).astype(np.uint64)
-    half = (n + 1) // 2
-    with np.errstate(over="ignore"):
-        ctr = (seeds[:, None] * np.uint64(0xD1B54A32D192ED03)) + np.arange(half, dtype=np.uint64)[None]
-        h = _splitmix64(ctr)
-    u1 = ((h >> np.uint64(40)).astype(np.float64) + 1.0) / float(2**24)  # (0, 1]
-    u2 = (h & np.uint64(0xFFFFFF)).astype(np.float64) / float(2**24)
-    r = np.sqrt(-2.0 * np.log(u1))
-    z = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)], axis=1)
-    return z[:, :n].astype(np.float32)
-
-
-def poses_from_uniforms(u: np.ndarray, ndim: int, rotation: str = "uniform", max_angle: float = 45.0) -> np.ndarray:
-    """Poses from uniforms: integer angles in (-max, max) for 2D; ZYZ Euler angles for 3D.
-
-    3D ``uniform``: Shoemake's quaternion from three uniforms (uniform over SO(3));
-    ``grid``: three multiples of 10 degrees about x, y, z; ``none``: identity.
-    """
-    from scipy.spatial.transform import Rotation
-
-    n = len(u)
-    if ndim == 2:
-        if rotation == "none":
-            return np.zeros(n)
-        m = int(np.ceil(max_angle)) - 1
-        return np.floor(u[:, 0] * (2 * m + 1)) - m
-    if rotation == "none" or n == 0:
-        return np.zeros((n, 3))
-    if rotation == "grid":
-        rot = Rotation.from_euler("xyz", np.floor(u[:, :3] * 36) * 10.0, degrees=True)
-    else:
-        u1, u2, u3 = u[:, 0], 2 * np.pi * u[:, 1], 2 * np.pi * u[:, 2]
-        q = np.stack([np.sqrt(1 - u1) * np.sin(u2), np.sqrt(1 - u1) * np.cos(u2),
-                      np.sqrt(u1) * np.sin(u3), np.sqrt(u1) * np.cos(u3)], 1)
-        rot = Rotation.from_quat(q)
-    return np.atleast_2d(rot.as_euler("ZYZ", degrees=True))
+from affvae.transforms.poses import item_normals, poses_from_uniforms, splitmix64, uniforms
 
 
 @dataclass(frozen=True)
@@ -149,7 +87,7 @@ def simulated_table(spec: StreamSpec, ids: np.ndarray) -> dict[str, np.ndarray]:
     ndim = 2 if spec.source == "alphanumeric" else 3
     u = uniforms(spec.seed, ids, 4)
     pose = poses_from_uniforms(u, ndim, spec.rotation)
-    item_seed = (_splitmix64(ids.astype(np.uint64) ^ np.uint64(spec.seed + 7)) >> np.uint64(33)).astype(np.int64)
+    item_seed = (splitmix64(ids.astype(np.uint64) ^ np.uint64(spec.seed + 7)) >> np.uint64(33)).astype(np.int64)
     return {"id": ids, "label": (ids % len(spec.classes)).astype(np.int64),
             "pose": pose.reshape(len(ids), -1).astype(np.float64), "seed": item_seed}
 
@@ -161,18 +99,18 @@ def render_batch(batch: dict[str, np.ndarray], spec: StreamSpec) -> dict[str, np
     workers (:func:`ray_dataset`).  Noise is seeded by the items' seeds, so a
     batch renders identically anywhere.
     """
-    from affvae.data.augment import add_noise, apply_ctf, missing_wedge, resize_to_box
-    from affvae.data.sources import normalise
+    from affvae.transforms.augment import add_noise, apply_ctf, missing_wedge, resize_to_box
+    from affvae.transforms.imaging import normalise
 
     labels = np.asarray(batch["label"], dtype=np.int64)
     if spec.source == "folder":
-        from affvae.data.io import read_volume
+        from affvae.volumes import read_volume
 
         x = np.stack([read_volume(p) for p in batch["path"]])
         if spec.size:
             x = resize_to_box(x, spec.size)
         if spec.rotate_files:
-            from affvae.data.augment import pose_to_matrix, rotate
+            from affvae.transforms.augment import pose_to_matrix, rotate
 
             ndim = x.ndim - 1
             u = uniforms(spec.seed, np.asarray(batch["id"]), 4)
@@ -316,3 +254,11 @@ def epoch_batches_for(spec: StreamSpec, data, train_idx: np.ndarray, batch_size:
                 yield b["x"], b["label"]
 
     return batches
+
+
+def stream_batches(cfg, data, rank: int = 0, world: int = 1, engine: str = "local"):
+    """``batches(epoch)`` of a config with ``data.stream``, for :func:`affvae.train.train`."""
+    from affvae.data.splits import splits_of
+
+    return epoch_batches_for(spec_from_config(cfg, data.classes), data, splits_of(cfg, data).train,
+                             cfg.train.batch_size, rank, world, engine=engine)

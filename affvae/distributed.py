@@ -159,14 +159,26 @@ def train_distributed(cfg, data, workers: int = 2, use_gpu: bool = False,
                              extra={"workers": workers, "use_gpu": use_gpu, "ray_storage": str(storage)})
 
 
-def failure_reason(err: BaseException) -> str:
-    """The user-facing cause of a Ray Train failure: the first worker's own error, one line."""
-    inner = err
-    failures = getattr(err, "worker_failures", None)
-    if failures:
-        inner = failures[min(failures)]
-    inner = getattr(inner, "controller_failure", inner)
-    cause = getattr(inner, "cause", None) or inner  # RayTaskError keeps the user's exception
-    text = f"{cause.__class__.__name__}: {cause}" if str(cause) else cause.__class__.__name__
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if len(lines) > 1 and "Traceback" in text else (lines[0] if lines else text)
+def failure_reason(err: BaseException | str) -> str:
+    """The user-facing cause of a failure, one line: of a Ray Train or Tune error, or of its text.
+
+    For an exception, the first failed worker's own error (Ray wraps it); for text
+    (a Tune error file, a wrapped error's message), the message of the
+    ``TrialFailed`` line if there is one, else the last line (a traceback's last
+    line is the error).
+    """
+    if isinstance(err, BaseException):
+        inner = err
+        failures = getattr(err, "worker_failures", None)
+        if failures:
+            inner = failures[min(failures)]
+        inner = getattr(inner, "controller_failure", inner)
+        cause = getattr(inner, "cause", None) or inner  # RayTaskError keeps the user's exception
+        text = f"{cause.__class__.__name__}: {cause}" if str(cause) else cause.__class__.__name__
+    else:
+        text = str(err)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "TrialFailed:" in ln:
+            return ln.split("TrialFailed:", 1)[1].strip()
+    return lines[-1] if lines else "unknown error"

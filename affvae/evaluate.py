@@ -50,29 +50,24 @@ def classification_report(labels, predicted, seen_classes: Sequence[str]) -> dic
     objects of unseen classes are not counted (not even as false positives): they
     cannot be right, and are judged by :func:`novelty_auroc` instead.
     """
+    from sklearn.metrics import f1_score
+
     labels, predicted = as_labels(labels), as_labels(predicted)
     if labels.shape != predicted.shape:
         raise ValueError(f"{labels.size} labels but {predicted.size} predictions")
     seen = [str(c) for c in seen_classes]
-    n_cls = len(seen)
-    true = index_of(labels, seen)
-    keep = true >= 0
-    true = true[keep]
-    pred = index_of(predicted[keep], seen)  # -1: predicted a class outside the seen ones
-    tp = np.bincount(true[pred == true], minlength=n_cls)
-    n_true = np.bincount(true, minlength=n_cls)
-    n_pred = np.bincount(pred[pred >= 0], minlength=n_cls)
-    denom = n_true + n_pred  # = 2 TP + FP + FN
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
+    keep = index_of(labels, seen) >= 0
+    true, pred = labels[keep], predicted[keep]
     n = int(true.size)
+    f1 = f1_score(true, pred, labels=seen, average=None, zero_division=np.nan) if n else np.full(len(seen), np.nan)
+    support = [int((true == c).sum()) for c in seen]
     defined = ~np.isnan(f1)
     return {
         "n": n,
-        "accuracy": float(tp.sum() / n) if n else math.nan,
+        "accuracy": float((true == pred).mean()) if n else math.nan,
         "f1_macro": float(f1[defined].mean()) if defined.any() else math.nan,
-        "f1": dict(zip(seen, f1.tolist(), strict=True)),
-        "support": dict(zip(seen, n_true.tolist(), strict=True)),
+        "f1": dict(zip(seen, np.asarray(f1, dtype=float).tolist(), strict=True)),
+        "support": dict(zip(seen, support, strict=True)),
     }
 
 
@@ -92,12 +87,16 @@ def confusion(labels, predicted, seen_classes: Sequence[str]) -> tuple[np.ndarra
     labels, predicted = labels[known], predicted[known]
     unseen = sorted(set(np.unique(labels).tolist()) - set(cols))
     rows = cols + unseen
-    r, c = index_of(labels, rows), index_of(predicted, cols)
-    if (c < 0).any():
-        bad = sorted(set(predicted[c < 0].tolist()))
+    outside = index_of(predicted, cols) < 0
+    if outside.any():
+        bad = sorted(set(predicted[outside].tolist()))
         raise ValueError(f"predictions {bad} are not among the seen classes {cols}")
-    counts = np.bincount(r * len(cols) + c, minlength=len(rows) * len(cols))
-    return counts.reshape(len(rows), len(cols)), rows, cols
+    from sklearn.metrics import confusion_matrix
+
+    if not labels.size:
+        return np.zeros((len(rows), len(cols)), dtype=np.int64), rows, cols
+    counts = confusion_matrix(labels, predicted, labels=rows)[:, :len(cols)]
+    return counts.astype(np.int64), rows, cols
 
 
 def mlp_classifier(mu_train, y_train, mu_test, seed: int = 0,
@@ -321,31 +320,17 @@ def evaluate_latents(mu, labels, latent_map: LatentMap, seen_classes: Sequence[s
     if outside:
         raise DataError(f"latent map classes {outside} are not among the seen classes {seen}")
     labels = as_labels(labels)
-    d = latent_map.distances(mu)  # also checks the shape of mu
+    nearest, near_dist = latent_map.nearest(mu)  # also checks the shape of mu
     mu = np.asarray(mu, dtype=np.float64)
     if labels.size != mu.shape[0]:
         raise DataError(f"{mu.shape[0]} latent vectors but {labels.size} labels")
-    rows = np.arange(mu.shape[0])
-    nearest = d.argmin(axis=1) if d.size else np.zeros(0, dtype=np.int64)
-
-    if classifier == "nearest":
-        predicted = np.asarray(latent_map.classes, dtype=str)[nearest]
-        distance = d[rows, nearest]
-    else:
-        if train is None:
-            raise ValueError("classifier='mlp' needs train=(mu_train, y_train)")
-        predicted = mlp_classifier(train[0], train[1], mu, seed=seed)
-        idx = index_of(predicted, latent_map.classes)
-        distance = np.where(idx >= 0, d[rows, np.maximum(idx, 0)], np.nan)
-
+    predicted, distance = _classify(mu, latent_map, nearest, near_dist, classifier, train, seed)
+    novelty = near_dist / latent_map.spread[nearest]
     known = labels != ""
     is_seen = index_of(labels, seen) >= 0
     is_unseen = known & ~is_seen
     report = classification_report(labels, predicted, seen)
     matrix, row_labels, col_labels = confusion(labels, predicted, seen)
-    novelty = d[rows, nearest] / latent_map.spread[nearest]
-    prox = proximity_matrix(latent_map)
-
     metrics: dict[str, Any] = {
         "classifier": classifier,
         "n": int(mu.shape[0]),
@@ -359,26 +344,45 @@ def evaluate_latents(mu, labels, latent_map: LatentMap, seen_classes: Sequence[s
         "confusion": {"rows": row_labels, "cols": col_labels, "matrix": matrix},
         "silhouette": silhouette(mu, labels, seed=seed),
         "novelty_median_seen": float(np.median(novelty[is_seen])) if is_seen.any() else math.nan,
-        "mean_offdiag_proximity": mean_offdiag(prox),
+        "mean_offdiag_proximity": mean_offdiag(proximity_matrix(latent_map)),
     }
     if is_unseen.any():
-        metrics["novelty_median_unseen"] = float(np.median(novelty[is_unseen]))
-        metrics["novelty_auroc"] = novelty_auroc(novelty[known], is_unseen[known])
-        unseen_classes = sorted(set(labels[is_unseen].tolist()))
-        metrics["nearest_seen"] = {c: nearest_seen_classes(latent_map, mu, labels, c, k=k_nearest)
-                                   for c in unseen_classes}
-        metrics["nearest_seen_euclidean"] = {
-            c: nearest_seen_classes(latent_map, mu, labels, c, k=k_nearest, by="euclidean")
-            for c in unseen_classes
-        }
+        metrics.update(_unseen_metrics(latent_map, mu, labels, novelty, known, is_unseen, k_nearest))
     if pose is not None and angles is not None:
-        r = pose_angle_correlation(pose, angles, "pearson")
-        circ = pose_angle_correlation(pose, angles, "circular")
-        with np.errstate(invalid="ignore"):
-            metrics["pose_angle_r"] = r
-            metrics["pose_angle_best_abs_r"] = _nanmax0(np.abs(r))
-            metrics["pose_angle_best_circular_r"] = _nanmax0(circ)
-    return to_jsonable(metrics), {"predicted": predicted, "distance": distance}
+        metrics.update(_pose_metrics(pose, angles))
+    return to_jsonable(metrics), {"predicted": predicted, "distance": distance, "novelty": novelty}
+
+
+def _classify(mu, latent_map: LatentMap, nearest, near_dist, classifier: str, train, seed: int):
+    """Predicted classes and the distance of each object to its predicted class's centre."""
+    if classifier == "nearest":
+        return np.asarray(latent_map.classes, dtype=str)[nearest], near_dist
+    if train is None:
+        raise ValueError("classifier='mlp' needs train=(mu_train, y_train)")
+    predicted = mlp_classifier(train[0], train[1], mu, seed=seed)
+    idx = index_of(predicted, latent_map.classes)
+    d = latent_map.distances(mu)
+    return predicted, np.where(idx >= 0, d[np.arange(len(mu)), np.maximum(idx, 0)], np.nan)
+
+
+def _unseen_metrics(latent_map: LatentMap, mu, labels, novelty, known, is_unseen, k: int) -> dict[str, Any]:
+    """Novelty AUROC and the nearest seen centres of each unseen class."""
+    unseen_classes = sorted(set(labels[is_unseen].tolist()))
+    return {
+        "novelty_median_unseen": float(np.median(novelty[is_unseen])),
+        "novelty_auroc": novelty_auroc(novelty[known], is_unseen[known]),
+        "nearest_seen": {c: nearest_seen_classes(latent_map, mu, labels, c, k=k) for c in unseen_classes},
+        "nearest_seen_euclidean": {c: nearest_seen_classes(latent_map, mu, labels, c, k=k, by="euclidean")
+                                   for c in unseen_classes},
+    }
+
+
+def _pose_metrics(pose, angles) -> dict[str, Any]:
+    r = pose_angle_correlation(pose, angles, "pearson")
+    circ = pose_angle_correlation(pose, angles, "circular")
+    with np.errstate(invalid="ignore"):
+        return {"pose_angle_r": r, "pose_angle_best_abs_r": _nanmax0(np.abs(r)),
+                "pose_angle_best_circular_r": _nanmax0(circ)}
 
 
 def _nanmax0(x: np.ndarray):

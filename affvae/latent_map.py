@@ -146,13 +146,22 @@ class LatentMap:
         """Euclidean distance of every object to every centre, (N, C)."""
         return cdist(_as_points(mu, self.dim), self.centres)
 
-    def predict(self, mu) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest-centre class (str array) and the distance to that centre."""
+    def nearest(self, mu) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest centre of every object (row index into the map) and the distance to it.
+
+        The one nearest-centre rule: training's validation accuracy, evaluation and
+        :meth:`predict` all classify through it.
+        """
         d = self.distances(mu)
         if d.shape[0] == 0:
-            return np.zeros(0, dtype=str), np.zeros(0)
-        nearest = d.argmin(axis=1)
-        return np.asarray(self.classes, dtype=str)[nearest], d[np.arange(d.shape[0]), nearest]
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        idx = d.argmin(axis=1)
+        return idx, d[np.arange(d.shape[0]), idx]
+
+    def predict(self, mu) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest-centre class (str array) and the distance to that centre."""
+        idx, dist = self.nearest(mu)
+        return np.asarray(self.classes, dtype=str)[idx], dist
 
     def novelty(self, mu) -> np.ndarray:
         """Distance to the nearest centre in units of that class's spread, (N,).
@@ -160,11 +169,8 @@ class LatentMap:
         About 1 for typical members of a seen class; large values flag objects that
         fit no seen class (candidates for a new one).
         """
-        d = self.distances(mu)
-        if d.shape[0] == 0:
-            return np.zeros(0)
-        nearest = d.argmin(axis=1)
-        return d[np.arange(d.shape[0]), nearest] / self.spread[nearest]
+        idx, dist = self.nearest(mu)
+        return dist / self.spread[idx]
 
     # -- files ----------------------------------------------------------------------
     def to_arrow(self):

@@ -18,8 +18,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-CONVENTIONS = ("reference", "formula")
-
 
 def reconstruction_loss(x: torch.Tensor, y: torch.Tensor, kind: str = "mse",
                         convention: str = "reference") -> torch.Tensor:

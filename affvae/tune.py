@@ -48,7 +48,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from affvae.distributed import failure_reason
 from affvae.errors import AffvaeError, ConfigError
+from affvae.tracking import ERROR_TAG, EVALUATED_TAG, STATUS_TAG
 
 TRIAL_KEYS = ("trial.workers",)
 TRIAL_DRIVER_CPU = 0.01  # the trial function only drives its TorchTrainer
@@ -155,7 +157,7 @@ def _trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from affvae.data.sources import build_dataset, resolve_affinity
-    from affvae.distributed import failure_reason, make_trainer
+    from affvae.distributed import make_trainer
 
     cfg = trial_config(shared["base"], config)
     _, settings, _ = split_trial_config(config)
@@ -185,15 +187,6 @@ def _epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in result.items() if k.startswith(("train_", "val_")) or k in keep}
 
 
-def _error_reason(text: str) -> str:
-    """The reason line of a Tune error file (the TrialFailed message, else the last line)."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if "TrialFailed:" in ln:
-            return ln.split("TrialFailed:", 1)[1].strip()
-    return lines[-1] if lines else "unknown error"
-
-
 def _trial_params(base, config, settings_default: dict[str, Any]) -> dict[str, Any]:
     cfg = trial_config(base, config)
     _, settings, shown = split_trial_config(config)
@@ -220,7 +213,7 @@ def _make_callback(tracker, base, settings):
 
         def on_trial_start(self, iteration, trials, trial, **info):
             rid = self._run(trial)
-            self.tracker.set_tags(rid, {"affvae.status": "running"})
+            self.tracker.set_tags(rid, {STATUS_TAG: "running"})
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             rid = self._run(trial)
@@ -236,8 +229,8 @@ def _make_callback(tracker, base, settings):
             rid = self._run(trial)
             reason = "unknown error"
             if trial.error_file and Path(trial.error_file).is_file():
-                reason = _error_reason(Path(trial.error_file).read_text(errors="replace"))
-            self.tracker.set_tags(rid, {"affvae.status": "failed", "affvae.error": reason})
+                reason = failure_reason(Path(trial.error_file).read_text(errors="replace"))
+            self.tracker.set_tags(rid, {STATUS_TAG: "failed", ERROR_TAG: reason})
             self.tracker.finish(rid, "FAILED")
 
     return StudyCallback()
@@ -300,38 +293,16 @@ def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, resume: bool = F
     (NFS) or a URI (``s3://bucket/studies``).
     """
     import ray
-    from ray import tune
 
     from affvae.config import build_config
     from affvae.data.sources import build_dataset
-    from affvae.provenance import atomic_write, write_provenance
     from affvae.raysession import ensure_ray
-    from affvae.tracking import StudyTracker, resolve_tracking_uri
 
     t0 = time.perf_counter()
     study_dir = Path(study_dir).resolve()
     storage = (storage or str(study_dir)).rstrip("/")
-    exp_dir = f"{storage}/ray/{spec.name}"
-    state_file = study_dir / "study.json"
-    if resume and not state_file.is_file():
-        raise AffvaeError(f"{study_dir}: no study to resume (missing study.json)")
-    if not resume and state_file.is_file():
-        raise AffvaeError(f"{study_dir}: already holds a study; use --resume to continue it or another --out")
     base_cfg = build_config(spec.base, source=f"study {spec.name}")
-    for key in spec.space:
-        if isinstance(spec.space[key], dict) and "grid_search" not in spec.space[key]:
-            raise ConfigError(f"study {spec.name}: search key {key!r}: a dict value must be tune.grid_search")
-    study_dir.mkdir(parents=True, exist_ok=True)
-    uri = resolve_tracking_uri(tracking_uri, study_dir)
-    tracker = StudyTracker(uri, spec.name, artifact_dir=study_dir / "mlartifacts")
-    parent = tracker.parent_run({"study.description": spec.description, **{f"base.{k}": v for k, v in
-                                                                          base_cfg.flat().items()}})
-    if not resume:
-        write_provenance(study_dir, params={"spec": spec.to_json()}, seed=base_cfg.seed)
-        with atomic_write(state_file) as fh:
-            json.dump({"spec": spec.to_json(), "tracking_uri": uri, "parent_run": parent,
-                       "status": "running"}, fh, indent=2, default=str)
-
+    tracker, state = _open_study(spec, study_dir, base_cfg, resume, tracking_uri)
     # a local Ray gets one logical CPU beyond the cores: trial drivers and evaluations are light
     ensure_ray(address, num_cpus=None if (address or os.environ.get("RAY_ADDRESS")) else
                (os.cpu_count() or 1) + 1)
@@ -340,31 +311,70 @@ def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, resume: bool = F
               "use_gpu": spec.use_gpu, "cpus_per_worker": spec.cpus_per_worker,
               "max_failures": spec.max_failures, "train_storage": f"{storage}/train",
               "storage": storage}
-    trainable = tune.with_resources(tune.with_parameters(_trial, shared=shared), {"cpu": TRIAL_DRIVER_CPU})
-    settings = {"workers": spec.workers, "use_gpu": spec.use_gpu}
-    if resume and tune.Tuner.can_restore(str(exp_dir)):
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
-    else:
-        per_trial = spec.cpus_per_worker * spec.workers
-        max_conc = spec.max_concurrent or max(1, int((ray.cluster_resources().get("CPU", 1) - 1) // per_trial))
-        tuner = tune.Tuner(
-            trainable, param_space=spec.space,
-            tune_config=tune.TuneConfig(scheduler=_scheduler(spec, base_cfg.train.epochs),
-                                        num_samples=spec.num_samples, max_concurrent_trials=max_conc,
-                                        trial_name_creator=lambda t: f"{t.trial_id}_{trial_label(t.config)}",
-                                        trial_dirname_creator=lambda t: t.trial_id),
-            run_config=tune.RunConfig(name=spec.name, storage_path=f"{storage}/ray",
-                                      callbacks=[_make_callback(tracker, spec.base, settings)],
-                                      failure_config=tune.FailureConfig(max_failures=0),
-                                      verbose=1 if progress else 0),
-        )
-    grid = tuner.fit()
+    grid = _make_tuner(spec, shared, tracker, base_cfg, storage, resume, progress).fit()
     trials = finalize_study(spec, study_dir, grid, tracker, shared, progress=progress)
-    with atomic_write(state_file) as fh:
-        json.dump({"spec": spec.to_json(), "tracking_uri": uri, "parent_run": parent, "status": "finished",
-                   "trials": len(trials), "seconds": time.perf_counter() - t0}, fh, indent=2, default=str)
-    return StudyResult(study_dir, uri, trials, time.perf_counter() - t0)
+    _write_state(study_dir, {**state, "status": "finished", "trials": len(trials),
+                             "seconds": time.perf_counter() - t0})
+    return StudyResult(study_dir, state["tracking_uri"], trials, time.perf_counter() - t0)
+
+
+def _write_state(study_dir: Path, state: dict[str, Any]) -> None:
+    from affvae.provenance import atomic_write
+
+    with atomic_write(study_dir / "study.json") as fh:
+        json.dump(state, fh, indent=2, default=str)
+
+
+def _open_study(spec: StudySpec, study_dir: Path, base_cfg, resume: bool, tracking_uri: str | None):
+    """Check the folder, connect MLflow (parent run), record the study: (tracker, state)."""
+    from affvae.provenance import write_provenance
+    from affvae.tracking import StudyTracker, resolve_tracking_uri
+
+    state_file = study_dir / "study.json"
+    if resume and not state_file.is_file():
+        raise AffvaeError(f"{study_dir}: no study to resume (missing study.json)")
+    if not resume and state_file.is_file():
+        raise AffvaeError(f"{study_dir}: already holds a study; use --resume to continue it or another --out")
+    for key in spec.space:
+        if isinstance(spec.space[key], dict) and "grid_search" not in spec.space[key]:
+            raise ConfigError(f"study {spec.name}: search key {key!r}: a dict value must be tune.grid_search")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    uri = resolve_tracking_uri(tracking_uri, study_dir)
+    tracker = StudyTracker(uri, spec.name, artifact_dir=study_dir / "mlartifacts")
+    parent = tracker.parent_run({"study.description": spec.description,
+                                 **{f"base.{k}": v for k, v in base_cfg.flat().items()}})
+    state = {"spec": spec.to_json(), "tracking_uri": uri, "parent_run": parent, "status": "running"}
+    if not resume:
+        write_provenance(study_dir, params={"spec": spec.to_json()}, seed=base_cfg.seed)
+        _write_state(study_dir, state)
+    return tracker, state
+
+
+def _make_tuner(spec: StudySpec, shared: dict[str, Any], tracker, base_cfg, storage: str, resume: bool,
+                progress: bool):
+    """A new Tuner for the study, or the interrupted one restored from ``storage``."""
+    import ray
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(_trial, shared=shared), {"cpu": TRIAL_DRIVER_CPU})
+    exp_dir = f"{storage}/ray/{spec.name}"
+    if resume and tune.Tuner.can_restore(exp_dir):
+        return tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+    per_trial = spec.cpus_per_worker * spec.workers
+    max_conc = spec.max_concurrent or max(1, int((ray.cluster_resources().get("CPU", 1) - 1) // per_trial))
+    settings = {"workers": spec.workers, "use_gpu": spec.use_gpu}
+    return tune.Tuner(
+        trainable, param_space=spec.space,
+        tune_config=tune.TuneConfig(scheduler=_scheduler(spec, base_cfg.train.epochs),
+                                    num_samples=spec.num_samples, max_concurrent_trials=max_conc,
+                                    trial_name_creator=lambda t: f"{t.trial_id}_{trial_label(t.config)}",
+                                    trial_dirname_creator=lambda t: t.trial_id),
+        run_config=tune.RunConfig(name=spec.name, storage_path=f"{storage}/ray",
+                                  callbacks=[_make_callback(tracker, spec.base, settings)],
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  verbose=1 if progress else 0),
+    )
 
 
 def _trial_rows(spec: StudySpec, grid) -> list[dict[str, Any]]:
@@ -381,7 +391,7 @@ def _trial_rows(spec: StudySpec, grid) -> list[dict[str, Any]]:
                "checkpoint": m.get("checkpoint_path"), "val_accuracy": m.get("val_accuracy")}
         if res.error is not None:
             row["status"] = "failed"
-            row["error"] = _error_reason(str(res.error))
+            row["error"] = failure_reason(str(res.error))
         elif row["epochs_done"] < epochs:
             row["status"] = "stopped_early"
         else:
@@ -393,63 +403,67 @@ def _trial_rows(spec: StudySpec, grid) -> list[dict[str, Any]]:
 def finalize_study(spec: StudySpec, study_dir: Path, grid, tracker, shared: dict[str, Any],
                    progress: bool = True) -> list[dict[str, Any]]:
     """Evaluate every trial with a checkpoint, log it to MLflow, write the study summary."""
-    import ray
-
     rows = _trial_rows(spec, grid)
     runs = tracker.trial_runs()
     settings = {"workers": spec.workers, "use_gpu": spec.use_gpu}
-    node = ray.get_runtime_context().get_node_id()
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    todo = []
+    for row in rows:
+        row["run_id"] = tracker.trial_run(row["trial_id"], row["name"],
+                                          lambda row=row: _trial_params(spec.base, row["config"], settings))
+        out = study_dir / "trials" / f"{row['trial_id']}_{_safe(row['name'])}"
+        row["run_dir"] = str(out)
+        run = runs.get(row["trial_id"])
+        if run is not None and run.data.tags.get(EVALUATED_TAG) == "1" and (out / "metrics.json").is_file():
+            _reuse_evaluation(row, run)
+        elif row["status"] == "failed" or not row.get("checkpoint"):
+            tracker.set_tags(row["run_id"], {STATUS_TAG: row["status"], EVALUATED_TAG: "0",
+                                             **({ERROR_TAG: row["error"]} if row.get("error") else {})})
+            tracker.finish(row["run_id"], "FAILED" if row["status"] == "failed" else "KILLED")
+        else:
+            todo.append(row)
+    _evaluate_trials(spec, todo, tracker, shared, progress)
+    write_summary(spec, study_dir, rows, tracker)
+    return [{k: v for k, v in r.items() if k != "config"} for r in rows]
 
+
+def _reuse_evaluation(row: dict[str, Any], run) -> None:
+    """A trial evaluated before the study was resumed: its numbers from its MLflow run."""
+    row.update({k: v for k, v in run.data.metrics.items() if k in FINAL_METRICS or k in
+                ("samples_per_second", "best_val_accuracy")})
+    row["nearest_seen"] = "; ".join(f"{k.split('.')[-1]}: {v.replace(',', ', ')}"
+                                    for k, v in run.data.tags.items() if k.startswith("affvae.nearest_seen."))
+
+
+def _evaluate_trials(spec: StudySpec, rows: list[dict[str, Any]], tracker, shared: dict[str, Any],
+                     progress: bool) -> None:
+    """Evaluate the trials' newest checkpoints in Ray tasks on this node; log each as it ends."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from tqdm import tqdm
+
+    node = ray.get_runtime_context().get_node_id()
     remote_eval = ray.remote(num_cpus=1, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))(
         _evaluate_remote)
     pending = {}
     for row in rows:
-        rid = tracker.trial_run(row["trial_id"], row["name"],
-                                lambda row=row: _trial_params(spec.base, row["config"], settings))
-        row["run_id"] = rid
-        out = study_dir / "trials" / f"{row['trial_id']}_{_safe(row['name'])}"
-        row["run_dir"] = str(out)
-        run = runs.get(row["trial_id"])
-        if run is not None and run.data.tags.get("affvae.evaluated") == "1" and (out / "metrics.json").is_file():
-            row.update({k: v for k, v in run.data.metrics.items() if k in FINAL_METRICS or k in
-                        ("samples_per_second", "best_val_accuracy")})
-            row["nearest_seen"] = "; ".join(f"{k.split('.')[-1]}: {v.replace(',', ', ')}"
-                                            for k, v in run.data.tags.items()
-                                            if k.startswith("affvae.nearest_seen."))
-            continue
-        if row["status"] == "failed" or not row.get("checkpoint"):
-            tracker.set_tags(rid, {"affvae.status": row["status"], "affvae.evaluated": "0",
-                                   **({"affvae.error": row["error"]} if row.get("error") else {})})
-            tracker.finish(rid, "FAILED" if row["status"] == "failed" else "KILLED")
-            continue
-        cfg = trial_config(spec.base, row["config"])
-        ref = shared["data"].get(data_key(cfg))
+        ref = shared["data"].get(data_key(trial_config(spec.base, row["config"])))
         checkpoint = storage_path(shared["storage"], row["checkpoint"])
-        pending[remote_eval.remote(spec.base, row["config"], checkpoint, str(out), ref)] = row
-    bar = None
-    if progress and pending:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(pending), desc="evaluate trials", unit="trial", disable=None)
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        row = pending.pop(done[0])
-        try:
-            metrics = ray.get(done[0])
-        except Exception as e:  # noqa: BLE001 - one trial's evaluation must not end the study
-            row["status"] = "failed"
-            row["error"] = f"evaluation failed: {_error_reason(str(e))}"
-            tracker.set_tags(row["run_id"], {"affvae.status": "failed", "affvae.error": row["error"]})
-            tracker.finish(row["run_id"], "FAILED")
-        else:
-            _log_trial(tracker, row, metrics)
-        if bar is not None:
+        pending[remote_eval.remote(spec.base, row["config"], checkpoint, row["run_dir"], ref)] = row
+    with tqdm(total=len(pending), desc="evaluate trials", unit="trial",
+              disable=None if progress and pending else True) as bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            row = pending.pop(done[0])
+            try:
+                metrics = ray.get(done[0])
+            except Exception as e:  # noqa: BLE001 - one trial's evaluation must not end the study
+                row["status"] = "failed"
+                row["error"] = f"evaluation failed: {failure_reason(str(e))}"
+                tracker.set_tags(row["run_id"], {STATUS_TAG: "failed", ERROR_TAG: row["error"]})
+                tracker.finish(row["run_id"], "FAILED")
+            else:
+                _log_trial(tracker, row, metrics)
             bar.update(1)
-    if bar is not None:
-        bar.close()
-    write_summary(spec, study_dir, rows, tracker)
-    return [{k: v for k, v in r.items() if k != "config"} for r in rows]
 
 
 def storage_path(storage: str, path: str) -> str:
@@ -479,7 +493,7 @@ def _log_trial(tracker, row: dict[str, Any], metrics: dict[str, Any]) -> None:
     tracker.log_artifacts(row["run_id"], sorted((out / "figures").glob("*.png")), "figures")
     near = metrics.get("nearest_seen") or {}
     row["nearest_seen"] = "; ".join(f"{c}: {', '.join(v)}" for c, v in near.items())
-    tags = {"affvae.status": row["status"], "affvae.evaluated": "1", "affvae.run_dir": str(out)}
+    tags = {STATUS_TAG: row["status"], EVALUATED_TAG: "1", "affvae.run_dir": str(out)}
     tags.update({f"affvae.nearest_seen.{c}": ",".join(v) for c, v in near.items()})
     tracker.set_tags(row["run_id"], tags)
     tracker.finish(row["run_id"], "FINISHED")
@@ -489,50 +503,17 @@ def write_summary(spec: StudySpec, study_dir: Path, rows: list[dict[str, Any]], 
     """trials.csv, the heatmap of the searched pair and the grid of embeddings -> parent run."""
     import pandas as pd
 
-    from affvae.plots import plot_embedding_grid, plot_matrix
     from affvae.provenance import atomic_save
-    from affvae.runs import read_embedding_2d
 
     out = study_dir / "summary"
     out.mkdir(parents=True, exist_ok=True)
-    searched = list(spec.space)
-    cols = ["trial_id", "name", "status", *searched, "epochs_done", "epochs", *FINAL_METRICS,
+    cols = ["trial_id", "name", "status", *spec.space, "epochs_done", "epochs", *FINAL_METRICS,
             "best_val_accuracy", "samples_per_second", "nearest_seen", "run_id", "run_dir", "error"]
     df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
     paths = {"trials": out / "trials.csv"}
     atomic_save(paths["trials"], lambda tmp: df.to_csv(tmp, index=False))
-    row_key, col_key = spec.rows, spec.cols
-    if col_key and col_key in df:
-        row_vals = _ordered(df[row_key]) if row_key and row_key in df else [""]
-        col_vals = _ordered(df[col_key])
-        cells = {}
-        for rv in row_vals:
-            for cv in col_vals:
-                done = _select(df, row_key, rv, col_key, cv)
-                done = done[done["accuracy"].notna()]
-                if len(done) and (Path(done["run_dir"].iloc[0]) / "embedding_2d.parquet").is_file():
-                    cells[(rv, cv)] = read_embedding_2d(Path(done["run_dir"].iloc[0]) / "embedding_2d.parquet")
-        rname = row_key.split(".")[-1] if row_key else ""
-        cname = col_key.split(".")[-1]
-        for metric in spec.summary_metrics:
-            vals = np.full((len(row_vals), len(col_vals)), np.nan)
-            for i, rv in enumerate(row_vals):
-                for j, cv in enumerate(col_vals):
-                    got = pd.to_numeric(_select(df, row_key, rv, col_key, cv)[metric], errors="coerce").dropna()
-                    vals[i, j] = got.mean() if len(got) else np.nan
-            bounded = metric in ("accuracy", "f1_macro", "novelty_auroc", "best_val_accuracy")
-            lo, hi = (0.0, 1.0) if bounded else (float(np.nanmin(vals)) if np.isfinite(vals).any() else 0.0,
-                                                 float(np.nanmax(vals)) if np.isfinite(vals).any() else 1.0)
-            name = "heatmap.png" if metric == "accuracy" else f"heatmap_{metric}.png"
-            paths[f"heatmap_{metric}"] = plot_matrix(
-                vals, col_vals, out / name, row_labels=row_vals if row_key else [metric], vmin=lo,
-                vmax=hi if hi > lo else lo + 1.0, cmap="viridis", colorbar_label=metric,
-                fmt=".2f" if bounded else ".3g", annotate=True, xlabel=cname, ylabel=rname,
-                title=f"{spec.name}: {metric}" + (f" ({rname} x {cname})" if rname else f" by {cname}"))
-        if cells:
-            paths["embeddings"] = plot_embedding_grid(cells, row_vals, col_vals, out / "embeddings_grid.png",
-                                                      row_name=rname, col_name=cname,
-                                                      title=f"{spec.name}: latent embeddings (test + unseen)")
+    if spec.cols and spec.cols in df:
+        paths.update(_summary_figures(spec, df, out))
     parent = tracker.parent_run()
     tracker.log_artifacts(parent, paths.values(), "summary")
     acc = pd.to_numeric(df["accuracy"], errors="coerce")
@@ -543,11 +524,57 @@ def write_summary(spec: StudySpec, study_dir: Path, rows: list[dict[str, Any]], 
     return paths
 
 
-def _select(df, row_key, rv, col_key, cv):
-    sel = df[col_key].astype(str) == cv
-    if row_key and row_key in df:
-        sel &= df[row_key].astype(str) == rv
-    return df[sel]
+def _summary_figures(spec: StudySpec, df, out: Path) -> dict[str, Path]:
+    """Heatmaps of the summary metrics over (rows x cols) and the grid of latent embeddings."""
+    from affvae.plots import plot_embedding_grid, plot_matrix
+
+    row_key = spec.rows if spec.rows and spec.rows in df else None
+    col_key = spec.cols
+    grid = df.assign(_row=df[row_key].astype(str) if row_key else "", _col=df[col_key].astype(str))
+    row_vals = _ordered(grid["_row"])
+    col_vals = _ordered(grid["_col"])
+    rname = row_key.split(".")[-1] if row_key else ""
+    cname = col_key.split(".")[-1]
+    paths = {}
+    for metric in spec.summary_metrics:
+        vals = _pivot(grid, metric, row_vals, col_vals)
+        bounded = metric in ("accuracy", "f1_macro", "novelty_auroc", "best_val_accuracy")
+        finite = np.isfinite(vals).any()
+        lo, hi = (0.0, 1.0) if bounded else (float(np.nanmin(vals)) if finite else 0.0,
+                                             float(np.nanmax(vals)) if finite else 1.0)
+        name = "heatmap.png" if metric == "accuracy" else f"heatmap_{metric}.png"
+        paths[f"heatmap_{metric}"] = plot_matrix(
+            vals, col_vals, out / name, row_labels=row_vals if row_key else [metric], vmin=lo,
+            vmax=hi if hi > lo else lo + 1.0, cmap="viridis", colorbar_label=metric,
+            fmt=".2f" if bounded else ".3g", annotate=True, xlabel=cname, ylabel=rname,
+            title=f"{spec.name}: {metric}" + (f" ({rname} x {cname})" if rname else f" by {cname}"))
+    cells = _embedding_cells(grid)
+    if cells:
+        paths["embeddings"] = plot_embedding_grid(cells, row_vals, col_vals, out / "embeddings_grid.png",
+                                                  row_name=rname, col_name=cname,
+                                                  title=f"{spec.name}: latent embeddings (test + unseen)")
+    return paths
+
+
+def _pivot(grid, metric: str, row_vals: list[str], col_vals: list[str]) -> np.ndarray:
+    """The mean of ``metric`` per (row, col) cell, NaN where no trial has it."""
+    import pandas as pd
+
+    vals = grid.assign(_v=pd.to_numeric(grid[metric], errors="coerce")).pivot_table(
+        index="_row", columns="_col", values="_v", aggfunc="mean")
+    return vals.reindex(index=row_vals, columns=col_vals).to_numpy(dtype=float)
+
+
+def _embedding_cells(grid) -> dict[tuple[str, str], Any]:
+    """The plotted 2-D embedding of the first evaluated trial of every (row, col) cell."""
+    from affvae.runs import read_embedding_2d
+
+    cells = {}
+    for (rv, cv), trials in grid[grid["accuracy"].notna()].groupby(["_row", "_col"], sort=False):
+        path = Path(trials["run_dir"].iloc[0]) / "embedding_2d.parquet"
+        if path.is_file():
+            cells[(rv, cv)] = read_embedding_2d(path)
+    return cells
 
 
 def _ordered(series) -> list[str]:

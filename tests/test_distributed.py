@@ -14,7 +14,7 @@ from affvae.affinity.matrix import compute_matrix
 from affvae.config import build_config
 from affvae.data.simulate import TetraminoSimulator
 from affvae.data.sources import build_dataset
-from affvae.distributed import train_distributed
+from affvae.distributed import failure_reason, train_distributed
 from affvae.train import train
 
 # One training step on one global batch of 8: 12 items per class, 4 classes, with a
@@ -50,6 +50,21 @@ def test_sharded_affinity_equals_the_local_matrix(ray_cluster):
         if align:  # alignment can only raise a similarity
             plain = compute_matrix(classes, X, "fsc", cache=False).values
             assert (sharded.values >= plain - 1e-9).all() and (sharded.values > plain + 1e-3).any()
+
+
+def test_sharded_soap_equals_the_local_matrix_and_is_cached_apart(ray_cluster, tmp_path, monkeypatch):
+    # SOAP centres its kernel on the whole set compared: every block pair must see that
+    # set, not only its two blocks
+    from affvae.affinity.matrix import cache_dir
+    from affvae.transforms.glyphs import render_glyphs
+
+    glyphs = list("aebdpijz")
+    X = render_glyphs(glyphs, np.linspace(-30, 30, len(glyphs)), 32)
+    local = compute_matrix(glyphs, X, "soap", cache=True)
+    sharded = compute_matrix(glyphs, X, "soap", cache=True, use_ray=True, shards=3)
+    assert np.abs(local.values - sharded.values).max() < 1e-9
+    assert np.abs(local.values - np.eye(len(glyphs))).max() > 0.3  # not a trivial matrix
+    assert len(list(cache_dir().glob("*.csv"))) == 2  # one entry per way of computing
 
 
 def test_two_worker_ddp_step_equals_one_process_on_the_same_global_batch(ray_cluster, tmp_path):
@@ -109,3 +124,11 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path
     again = train_distributed(cfg, data, workers=2, storage=storage, max_failures=0)
     assert [h["epoch"] for h in again.history] == list(range(1, 31))
     assert torch.equal(params(again.model), params(res.model))
+
+
+def test_failure_reason_is_the_trial_failed_message():
+    text = ("Traceback (most recent call last):\n  File x\nray.exceptions.RayTaskError(TrialFailed): "
+            "ray::_trial() (pid=1)\naffvae.tune.TrialFailed: TrainingDiverged: epoch 1: the total loss became inf\n")
+    assert failure_reason(text) == "TrainingDiverged: epoch 1: the total loss became inf"
+    assert failure_reason("a\nlast line\n") == "last line"
+    assert failure_reason(ValueError("bad value")) == "ValueError: bad value"

@@ -148,9 +148,12 @@ def test_evaluate_latents_bundle_is_json_and_right():
     assert 0 < metrics["mean_offdiag_proximity"] <= 100
     assert metrics["pose_angle_r"][0] > 0.98 and metrics["pose_angle_r"][1] is None  # constant
     assert metrics["pose_angle_best_abs_r"] > 0.98
-    assert set(pred) == {"predicted", "distance"}
+    assert set(pred) == {"predicted", "distance", "novelty"}
     assert (pred["predicted"][:60] == test_y).all()
     np.testing.assert_allclose(pred["distance"], lm.predict(mu_all)[1])
+    # the per-item novelty is the score the AUROC ranks: the unseen x all score above the seen
+    np.testing.assert_allclose(pred["novelty"], lm.novelty(mu_all))
+    assert pred["novelty"][60:].min() > pred["novelty"][:60].max()
 
     m2, p2 = evaluate_latents(test_mu, test_y, lm, classifier="mlp", train=(mu, y))
     assert m2["accuracy"] > 0.9 and "novelty_auroc" not in m2

@@ -107,15 +107,10 @@ def test_classes_csv_restricts_and_flags_unseen(vol_dir):
     ds = load_folder(vol_dir)
     assert ds.classes == ["c", "a"] and len(ds) == 7  # unseen items kept
     assert ds.seen.tolist() == [True, True, True, False, False, True, True]
-    train = ds.select(ds.classes)
-    assert train.labels.tolist() == ["a", "a", "a", "c", "c"] and train.classes == ["c", "a"]
-    assert set(train.templates) == {"a"}
-    unseen = ds.select(["b"])
-    assert unseen.x.shape == (2, 8, 8, 8) and unseen.paths == ["b_0_x.npy", "b_1_x.npy"]
+    assert ds.labels[~ds.seen].tolist() == ["b", "b"]
+    assert [p for p, s in zip(ds.paths, ds.seen) if not s] == ["b_0_x.npy", "b_1_x.npy"]
     # the explicit argument wins over classes.csv
     assert index_folder(vol_dir, classes=["b"]).classes == ["b"]
-    with pytest.raises(DataError, match="'zz'"):
-        ds.select(["zz"])
 
 
 def test_affinity_csv_subset_order_and_values(vol_dir):
@@ -124,9 +119,6 @@ def test_affinity_csv_subset_order_and_values(vol_dir):
     ds = load_folder(vol_dir)
     assert ds.affinity.classes == ("c", "a")
     np.testing.assert_allclose(ds.affinity.values, [[1.0, -0.25], [-0.25, 1.0]])
-    # select keeps the matrix when it covers the selection, drops it otherwise
-    assert ds.select(["a"]).affinity.classes == ("a",)
-    assert ds.select(["b"]).affinity is None
     # full class list without classes.csv
     (vol_dir / "classes.csv").unlink()
     idx = index_folder(vol_dir)

@@ -6,7 +6,6 @@ from affvae.errors import ConfigError
 from affvae.tracking import StudyTracker
 from affvae.tune import (
     StudySpec,
-    _error_reason,
     split_trial_config,
     storage_path,
     trial_config,
@@ -33,13 +32,6 @@ def test_a_trial_with_an_invalid_value_names_the_trial_and_the_key():
         trial_config(BASE, {"loss.beta": -1})
     with pytest.raises(ConfigError, match=r"unknown key 'loss.gama'"):
         trial_config(BASE, {"loss.gama": 1})
-
-
-def test_error_reason_is_the_trial_failed_message():
-    text = ("Traceback (most recent call last):\n  File x\nray.exceptions.RayTaskError(TrialFailed): "
-            "ray::_trial() (pid=1)\naffvae.tune.TrialFailed: TrainingDiverged: epoch 1: the total loss became inf\n")
-    assert _error_reason(text) == "TrainingDiverged: epoch 1: the total loss became inf"
-    assert _error_reason("a\nlast line\n") == "last line"
 
 
 def test_checkpoint_paths_of_uri_storage_get_their_scheme_back():

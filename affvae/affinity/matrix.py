@@ -156,7 +156,7 @@ def write_affinity_csv(matrix: AffinityMatrix, path: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------- computation
 
 #: Bump when a metric's numbers change, so cached matrices are recomputed.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -165,12 +165,14 @@ def cache_dir() -> Path:
     return Path(root) / "affinity"
 
 
-def content_hash(classes: Sequence[str], objects: np.ndarray, metric: str, align: int) -> str:
-    """A key for the matrix: the class names, the objects' bytes, metric and alignment."""
+def content_hash(classes: Sequence[str], objects: np.ndarray, metric: str, align: int,
+                 how: str = "local") -> str:
+    """A key for the matrix: the class names, the objects' bytes, the metric, the alignment and
+    how it was computed (``local`` or ``ray``), so no path ever reads another's result."""
     import hashlib
 
     h = hashlib.sha256()
-    h.update(f"v{CACHE_VERSION}|{metric}|{align}|{','.join(classes)}|".encode())
+    h.update(f"v{CACHE_VERSION}|{metric}|{align}|{how}|{','.join(classes)}|".encode())
     arr = np.ascontiguousarray(objects, dtype=np.float32)
     h.update(str(arr.shape).encode())
     h.update(arr.tobytes())
@@ -184,6 +186,19 @@ def medoid_index(stack: np.ndarray, metric: str = "fsc") -> int:
     if len(stack) <= 2:
         return 0
     return int(np.argmax(similarity_matrix(stack, metric=metric).sum(1)))
+
+
+def _prepare_task(X, rows: tuple[int, int], metric: str):
+    from affvae.affinity.metrics import get_metric
+
+    return get_metric(metric).prepare(X[rows[0]:rows[1]])
+
+
+def _compare_task(fa, fb, metric: str, context) -> np.ndarray:
+    from affvae.affinity.metrics import get_metric
+
+    m = get_metric(metric)
+    return (m.compare(fa, fb, context) if m.context is not None else m.compare(fa, fb)).numpy()
 
 
 def _block_task(X, rows: tuple[int, int], cols: tuple[int, int], metric: str) -> np.ndarray:
@@ -201,18 +216,42 @@ def _rotation_task(X, rotations: np.ndarray, metric: str) -> np.ndarray:
     return aligned_best(X, rotations, metric)
 
 
+def _gather(refs: list, desc: str, progress: bool) -> list:
+    """The results of Ray tasks in the order of ``refs``, with a progress bar as they end."""
+    import ray
+    from tqdm import tqdm
+
+    results: dict = {}
+    pending = list(refs)
+    with tqdm(total=len(refs), desc=desc, unit="task", disable=None if progress else True) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            results[done[0]] = ray.get(done[0])
+            bar.update(1)
+    return [results[r] for r in refs]
+
+
+def _block_pairs(n: int, shards: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    edges = np.linspace(0, n, min(shards, n) + 1).astype(int)
+    blocks = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    return [(r, c) for i, r in enumerate(blocks) for c in blocks[i:]]
+
+
 def sharded_values(objects: np.ndarray, metric: str = "fsc", align: int = 0,
                    shards: int | None = None, progress: bool = False) -> np.ndarray:
     """The matrix values computed by Ray tasks: blocks of pairs, or blocks of rotations.
 
     Plain mode: the objects are cut into row blocks and one task computes each block
-    pair (i <= j), preparing its two blocks; the lower triangle is the transpose.
-    Aligned mode: one task per block of rotations computes the best similarity over
-    its rotations; the driver takes the maximum.  The objects travel once through
-    Ray's object store.  Same values as the local path to rounding (1e-12).
+    pair (i <= j); the lower triangle is the transpose.  A metric whose values depend
+    on the whole set (SOAP's centring) first prepares its blocks in tasks, and every
+    block pair is then compared with the context of all of them, so the matrix is the
+    one computed at once.  Aligned mode: one task per block of rotations computes the
+    best similarity over its rotations; the driver takes the maximum.  The objects
+    travel once through Ray's object store.  Same values as the local path to
+    rounding (1e-12).
     """
     import ray
-    from tqdm import tqdm
+    import torch
 
     from affvae.affinity.metrics import get_metric, rotation_set, symmetrise_aligned
     from affvae.raysession import ensure_ray
@@ -222,32 +261,27 @@ def sharded_values(objects: np.ndarray, metric: str = "fsc", align: int = 0,
     n = len(objects)
     shards = shards or max(2, int(ray.cluster_resources().get("CPU", 2)))
     X = ray.put(np.ascontiguousarray(objects))
+    desc = f"{metric} on Ray"
     if align and m.rotation_sensitive:
         rots = rotation_set(objects.ndim - 1, align)
-        parts = np.array_split(np.arange(len(rots)), min(shards, len(rots)))
+        parts = [p for p in np.array_split(np.arange(len(rots)), min(shards, len(rots))) if len(p)]
         task = ray.remote(_rotation_task)
-        refs = [task.remote(X, rots[p], metric) for p in parts if len(p)]
-        combine = "max"
-    else:
-        edges = np.linspace(0, n, min(shards, n) + 1).astype(int)
-        blocks = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-        pairs = [(r, c) for i, r in enumerate(blocks) for c in blocks[i:]]
-        task = ray.remote(_block_task)
-        refs = [task.remote(X, r, c, metric) for r, c in pairs]
-        combine = "blocks"
-    results: dict = {}
-    pending = list(refs)
-    with tqdm(total=len(refs), desc=f"{metric} on Ray", unit="task", disable=None if progress else True) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            results[done[0]] = ray.get(done[0])
-            bar.update(1)
-    if combine == "max":
-        best = np.maximum.reduce([results[r] for r in refs])
+        best = np.maximum.reduce(_gather([task.remote(X, rots[p], metric) for p in parts], desc, progress))
         return symmetrise_aligned(best)
+    pairs = _block_pairs(n, shards)
+    if m.context is None:
+        task = ray.remote(_block_task)
+        blocks = _gather([task.remote(X, r, c, metric) for r, c in pairs], desc, progress)
+    else:
+        rows = sorted({r for r, _ in pairs})
+        prep = ray.remote(_prepare_task)
+        feats = dict(zip(rows, _gather([prep.remote(X, r, metric) for r in rows], desc, progress)))
+        context = ray.put(m.context(torch.cat([feats[r] for r in rows])))
+        refs = {r: ray.put(f) for r, f in feats.items()}
+        task = ray.remote(_compare_task)
+        blocks = _gather([task.remote(refs[r], refs[c], metric, context) for r, c in pairs], desc, progress)
     out = np.empty((n, n))
-    for (r, c), ref in zip(pairs, refs):
-        block = results[ref]
+    for (r, c), block in zip(pairs, blocks):
         out[r[0]:r[1], c[0]:c[1]] = block
         out[c[0]:c[1], r[0]:r[1]] = block.T
     out = (out + out.T) / 2
@@ -267,7 +301,7 @@ def compute_matrix(classes: Sequence[str], objects: np.ndarray, metric: str = "f
     from affvae.affinity.metrics import aligned_matrix, get_metric, rotation_set, similarity_matrix
 
     m = get_metric(metric)
-    key = content_hash(classes, objects, metric, align)
+    key = content_hash(classes, objects, metric, align, "ray" if use_ray else "local")
     path = cache_dir() / f"{key}.csv"
     if cache and path.is_file():
         try:

@@ -52,6 +52,10 @@ class Metric:
     ndims: tuple[int, ...] = (2, 3)
     #: whether the metric changes when one object is rotated (else alignment is moot)
     rotation_sensitive: bool = True
+    #: for metrics whose values depend on the whole set compared (SOAP centres on it):
+    #: the set's context from the prepared features of all objects, passed to
+    #: ``compare(fa, fb, context)`` when a matrix is computed in blocks
+    context: Callable[[Any], Any] | None = None
 
 
 def _as_tensor(X) -> torch.Tensor:
@@ -186,17 +190,24 @@ def _soap_prepare(X):
     return torch.as_tensor(soap_descriptors(X.numpy()))
 
 
-def _soap_compare(A, B):
+def _soap_compare(A, B, context=None):
     from affvae.affinity.soap import soap_kernel
 
-    return torch.as_tensor(soap_kernel(A.numpy(), B.numpy()))
+    return torch.as_tensor(soap_kernel(A.numpy(), B.numpy(), reference=context))
+
+
+def _soap_context(D):
+    from affvae.affinity.soap import centring_reference
+
+    return centring_reference(D.numpy())
 
 
 METRICS: dict[str, Metric] = {
     "fsc": Metric("fsc", fsc_prepare, fsc_compare),
     "mean-diff": Metric("mean-diff", standardise, mean_diff_compare),
     "ncc": Metric("ncc", standardise, ncc_compare),
-    "soap": Metric("soap", _soap_prepare, _soap_compare, ndims=(2,), rotation_sensitive=False),
+    "soap": Metric("soap", _soap_prepare, _soap_compare, ndims=(2,), rotation_sensitive=False,
+                   context=_soap_context),
 }
 
 

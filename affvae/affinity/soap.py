@@ -275,6 +275,16 @@ def _unit(D: np.ndarray, name: str) -> np.ndarray:
     return D / norm
 
 
+def centring_reference(D: np.ndarray) -> np.ndarray | None:
+    """The distinct unit descriptors of a set, the reference to centre on; None below 3.
+
+    The one rule for the default reference, so that a matrix computed in blocks
+    (each block pair given the whole set's reference) equals the one computed at once.
+    """
+    R = np.unique(_unit(D, "descriptors"), axis=0)
+    return R if len(R) >= 3 else None
+
+
 def soap_kernel(DX: np.ndarray, DY: np.ndarray | None = None, *, reference: np.ndarray | None = None,
                 params: SoapParams | None = None, size: int = 64) -> np.ndarray:
     """Similarities in [-1, 1] between two blocks of SOAP descriptors, ``(len(DX), len(DY))``.
@@ -292,8 +302,8 @@ def soap_kernel(DX: np.ndarray, DY: np.ndarray | None = None, *, reference: np.n
     if UY.shape[1] != UX.shape[1]:
         raise DataError(f"descriptor lengths differ: {UX.shape[1]} vs {UY.shape[1]} (other SOAP parameters?)")
     if reference is None:
-        R = np.unique(np.concatenate([UX, UY]), axis=0)
-        if len(R) < 3:
+        R = centring_reference(np.concatenate([UX, UY]))
+        if R is None:
             R = _unit(reference_descriptors(int(size), p), "reference")
     else:
         R = _unit(reference, "reference")

@@ -27,8 +27,7 @@ with ``load_folder(root / "test")`` when :func:`has_test_folder` says it exists.
 
 ``classes.csv`` restricts training to some classes.  Items of the other classes
 are still read and returned, flagged by :attr:`Dataset.seen` being ``False``,
-because later stages evaluate how the model places classes it never trained on;
-``dataset.select(dataset.classes)`` gives the training items.
+because later stages evaluate how the model places classes it never trained on.
 
 The affinity CSV is read with :func:`affvae.affinity.matrix.read_affinity_csv`
 (which checks it is square, symmetric and within [-1, 1]); it must contain every
@@ -293,37 +292,6 @@ class Dataset:
     def seen(self) -> np.ndarray:
         """Boolean mask of the items whose class is one to train on."""
         return np.isin(self.labels, np.asarray(self.classes, dtype=str))
-
-    def select(self, classes: Sequence[str]) -> "Dataset":
-        """The items of ``classes`` (in file order), as a new dataset.
-
-        Its ``classes`` are ``classes`` in the given order; templates are kept for
-        those classes; the affinity matrix is reduced to them when it covers them
-        all, else it is ``None`` (e.g. when selecting unseen classes).
-        """
-        wanted = _check_class_list(classes, "select")
-        have = set(self.labels.tolist())
-        missing = [c for c in wanted if c not in have]
-        if missing:
-            raise DataError(
-                f"{self.root}: no items of class(es) {', '.join(map(repr, missing))} "
-                f"(found {', '.join(sorted(have))})"
-            )
-        mask = np.isin(self.labels, np.asarray(wanted, dtype=str))
-        idx = np.flatnonzero(mask)
-        aff = None
-        if self.affinity is not None and all(c in self.affinity.classes for c in wanted):
-            aff = self.affinity.subset(wanted)
-        return Dataset(
-            root=self.root,
-            x=self.x[idx],
-            labels=self.labels[idx],
-            paths=[self.paths[i] for i in idx],
-            classes=list(wanted),
-            templates={c: t for c, t in self.templates.items() if c in wanted},
-            affinity=aff,
-            poses=None if self.poses is None else self.poses[idx],
-        )
 
 
 def _resize(x: np.ndarray, size: int) -> np.ndarray:

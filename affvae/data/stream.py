@@ -135,12 +135,6 @@ def render_batch(batch: dict[str, np.ndarray], spec: StreamSpec) -> dict[str, np
     return {"x": x.astype(np.float32, copy=False), "label": labels, "id": np.asarray(batch["id"])}
 
 
-def epoch_ids(n: int, epoch: int, fresh: bool) -> np.ndarray:
-    """Item ids of an epoch: the same ``n`` items each epoch, or fresh ones (simulated data)."""
-    start = epoch * n if fresh else 0
-    return np.arange(start, start + n, dtype=np.int64)
-
-
 def local_batches(spec: StreamSpec, table: dict[str, np.ndarray], batch_size: int,
                   order: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Render ``table`` (optionally reordered) batch by batch in this process."""

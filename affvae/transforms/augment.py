@@ -84,21 +84,23 @@ def resize_to_box(x, size: int):
 
 
 def _octahedral_ops() -> list[tuple[tuple[int, int, int], tuple[int, ...]]]:
-    """The 24 proper rotations of a cube as (axis permutation, flipped axes).
+    """The 24 proper rotations of a cube (scipy's octahedral group) as (axis permutation, flipped axes).
 
-    A permutation of the three axes with some of them reversed is a signed
-    permutation matrix; it is a rotation (not a mirror) exactly when its
-    determinant is +1.
+    Each rotation of the group is a signed permutation matrix M, row i holding
+    ``sign_i`` in column ``perm_i``: applying it to a volume is a permutation of
+    its axes and a flip of some of them, exact and free.  They are listed by
+    (permutation, signs) in lexicographic order, so the symmetry an index names
+    never changes.
     """
-    import itertools
+    from scipy.spatial.transform import Rotation
 
     ops = []
-    for perm in itertools.permutations(range(3)):
-        P = np.eye(3)[list(perm)]
-        for signs in itertools.product((1, -1), repeat=3):
-            if np.linalg.det(P * np.array(signs)[:, None]) > 0:
-                ops.append((perm, tuple(i for i, s in enumerate(signs) if s < 0)))
-    return ops
+    for m in np.rint(Rotation.create_group("O").as_matrix()).astype(int):
+        perm = tuple(int(k) for k in np.abs(m).argmax(1))
+        signs = tuple(int(m[i, p]) for i, p in enumerate(perm))
+        ops.append((perm, tuple(s < 0 for s in signs)))
+    ops.sort()
+    return [(perm, tuple(i for i, neg in enumerate(flips) if neg)) for perm, flips in ops]
 
 
 OCTAHEDRAL = _octahedral_ops()

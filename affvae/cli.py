@@ -12,8 +12,8 @@ import argparse
 import importlib
 import sys
 
-from affvae import __version__
-from affvae.errors import AffvaeError
+from affvae import __version__, errors
+from affvae.errors import AffvaeError, one_line
 
 COMMANDS = ["simulate", "affinity", "check", "train", "evaluate", "tune"]
 
@@ -45,14 +45,14 @@ def report_errors(prog: str, fn, debug: bool = False) -> int:
     except AffvaeError as e:
         if debug:
             raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(e, 2000)}", file=sys.stderr)
         return 2
     except OSError as e:
         # Files we were asked to write or read that the OS refuses (permissions, disk).
         if debug:
             raise
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"{prog}: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"{prog}: error: {where}{one_line(e.strerror or e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -62,6 +62,7 @@ def report_errors(prog: str, fn, debug: bool = False) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    errors.PROG = f"affvae {args.command}"  # the name warnings print
     return report_errors(f"affvae {args.command}", lambda: args._main(args), debug=args.debug)
 
 

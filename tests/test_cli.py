@@ -135,3 +135,77 @@ def test_simulate_refuses_to_overwrite(tetra, capsys):
     assert main(["simulate", "tetramino", "--out", str(tetra), "-n", "1"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert sorted(p.name for p in tetra.iterdir()) == before
+
+
+# ----------------------------------------------------------------- faults and bad inputs
+# Each case runs as a user would (in-process through main, or as a process where a
+# signal is sent) and checks the README's promise: exit status 2, one line naming
+# the file, key or value, no traceback, and nothing on disk changed or half-written.
+
+TINY = """seed: 0
+data: {source: folder, path: PATH, normalise: minmax, affinity_metric: ncc}
+model: {filters: [4, 8], latent_dims: 4, pose_dims: 1}
+loss: {gamma: 1.0}
+train: {epochs: 2, batch_size: 8, checkpoint_every: 1}
+eval: {embedding: pca, figures: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """24 tetracubes of 16^3: I, O, T to train on, L held out."""
+    out = tmp_path_factory.mktemp("base") / "base"
+    assert main(["simulate", "tetramino", "--out", str(out), "-n", "6", "--size", "16",
+                 "--shapes", "I,O,T,L", "--unseen", "L"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(base, tmp_path_factory):
+    """A 2-epoch config of a tiny model on ``base``."""
+    p = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    p.write_text(TINY.replace("PATH", str(base)))
+    return p
+
+
+@pytest.fixture(scope="module")
+def run_ok(tiny, tmp_path_factory):
+    """A finished run of ``tiny`` (never modified: tests copy it)."""
+    out = tmp_path_factory.mktemp("runs") / "run_ok"
+    assert main(["train", "--config", str(tiny), "--out", str(out)]) == 0
+    return out
+
+
+def snapshot(folder):
+    """Every file under ``folder``: its bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error(err, *needles, alone=False):
+    """The one error line of ``err`` (the last line; alone: the only one), holding each needle."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ": error: " in ln]
+    assert "Traceback" not in err, err
+    assert len(errors) == 1 and errors[0] == lines[-1], err
+    if alone:
+        assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def warnings_of(err):
+    return [ln for ln in err.splitlines() if ": warning: " in ln]
+
+
+def test_messages_name_the_users_path_not_a_temporary_file(base, tmp_path, small_fs, capsys):
+    out = tmp_path / "out.csv"
+    out.mkdir()
+    assert main(["affinity", str(base), "--metric", "ncc", "--out", str(out)]) == 2
+    line = one_error(capsys.readouterr().err, f"{out}: Is a directory", alone=True)
+    assert ".tmp" not in line
+    ro = small_fs(options="ro")
+    assert main(["affinity", str(base), "--metric", "ncc", "--out", str(ro / "a.csv")]) == 2
+    line = one_error(capsys.readouterr().err, f"{ro}/a.csv: Read-only file system", alone=True)
+    assert ".tmp" not in line

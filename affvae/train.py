@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from affvae.affinity.matrix import AffinityMatrix
+from affvae.checkpoints import newest_good_checkpoint, remove_stale_temps, restore, save_checkpoint
 from affvae.data.augment import random_octahedral
 from affvae.data.io import Dataset
 from affvae.errors import AffvaeError, DataError
@@ -133,38 +134,6 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _checkpoint_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("epoch_*.pt"))
-
-
-def save_checkpoint(directory: Path, epoch: int, model, opt, scaler, history, restarts: int = 0) -> Path:
-    from affvae.provenance import atomic_save
-
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "history": history,
-        "restarts": restarts,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-    path = directory / f"epoch_{epoch:05d}.pt"
-    atomic_save(path, lambda tmp: torch.save(state, tmp))
-    for old in _checkpoint_files(directory)[:-2]:  # keep the two newest
-        old.unlink(missing_ok=True)
-    return path
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any failure to read is the same user problem
-        raise AffvaeError(f"{path}: cannot read checkpoint ({e.__class__.__name__}: {e})") from None
-
-
 def _batches(idx: np.ndarray, batch_size: int, generator: torch.Generator | None, world: int = 1):
     """Shuffled global batches; a last batch too small to share among ranks is dropped."""
     order = torch.as_tensor(idx)
@@ -251,18 +220,11 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
     start_epoch = 0
     restarts = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    if resume and ckpt_dir is not None and _checkpoint_files(ckpt_dir):
-        state = load_checkpoint(_checkpoint_files(ckpt_dir)[-1])
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"])
-        restarts = int(state.get("restarts", 0)) + 1
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+    found = newest_good_checkpoint(ckpt_dir) if resume and ckpt_dir is not None else None
+    if found is not None:
+        history, start_epoch, restarts = restore(found[1], found[0], model, opt, scaler)
+        if rank == 0:
+            remove_stale_temps(ckpt_dir)
 
     epochs = cfg.train.epochs
     lc = cfg.loss
@@ -312,7 +274,7 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
         # a resume that finds training already done (killed after its last report was
         # written but before the caller saw it): report the final epoch again, so the
         # caller's last result is the last epoch and its checkpoint, not a stale one
-        report(dict(history[-1]), _checkpoint_files(ckpt_dir)[-1] if rank == 0 else None)
+        report(dict(history[-1]), found[0] if rank == 0 else None)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         beta = schedule_value(lc.beta_schedule, lc.beta, epoch, epochs)
@@ -392,7 +354,7 @@ def train(cfg, data: Dataset, report: Callable[[dict, Path | None], None] | None
         last = epoch + 1 == epochs or out_of_time
         ckpt = None
         if ckpt_dir is not None and rank == 0 and ((epoch + 1) % cfg.train.checkpoint_every == 0 or last):
-            ckpt = save_checkpoint(ckpt_dir, epoch + 1, model, opt, scaler, history, restarts)
+            ckpt = save_checkpoint(ckpt_dir, epoch + 1, model, opt, scaler, history, restarts, cfg.to_dict())
         if report is not None:
             report(dict(logs), ckpt)
         if bar is not None:

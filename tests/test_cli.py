@@ -199,6 +199,69 @@ def warnings_of(err):
     return [ln for ln in err.splitlines() if ": warning: " in ln]
 
 
+def test_resume_with_another_model_is_refused_before_any_file_changes(tiny, run_ok, base, tmp_path, capsys):
+    run = copy_folder(run_ok, tmp_path / "run")
+    before = snapshot(run)
+    code = main(["train", "--config", str(tiny), "--set", "model.latent_dims=6", "--set", "train.epochs=4",
+                 "--out", str(run), "--resume"])
+    assert code == 2
+    one_error(capsys.readouterr().err, f"{run}/checkpoints/epoch_00002.pt: cannot resume a different model",
+              "model.latent_dims is 4 in the checkpoint but 6 now", alone=True)
+    assert snapshot(run) == before
+    assert main(["evaluate", str(run), str(base), "--no-figures", "--out", str(tmp_path / "ev")]) == 0
+
+
+def test_resume_from_only_damaged_checkpoints_changes_nothing(tiny, run_ok, tmp_path, capsys):
+    run = copy_folder(run_ok, tmp_path / "run")
+    for p in (run / "checkpoints").iterdir():
+        p.write_bytes(p.read_bytes()[:1000])
+    before = snapshot(run)
+    code = main(["train", "--config", str(tiny), "--set", "train.epochs=3", "--out", str(run), "--resume"])
+    assert code == 2
+    one_error(capsys.readouterr().err, "epoch_00002.pt: cannot read checkpoint", "no other checkpoint",
+              alone=True)
+    assert snapshot(run) == before
+
+
+def test_resume_on_a_full_disk_keeps_the_run_as_it_was(tiny, run_ok, small_fs, capsys):
+    pages = sum(-(-p.stat().st_size // 4096) * 4096 for p in run_ok.rglob("*") if p.is_file())
+    fs = small_fs(f"{pages // 1024 + 96}k")  # the run, and less than one more checkpoint
+    run = copy_folder(run_ok, fs / "run")
+    before = snapshot(run)
+    code = main(["train", "--config", str(tiny), "--set", "train.epochs=4", "--out", str(run), "--resume"])
+    assert code == 2
+    one_error(capsys.readouterr().err, f"{run}/checkpoints/epoch_00003.pt: No space left on device")
+    assert snapshot(run) == before
+
+
+def test_a_full_disk_while_checkpointing_is_one_line(tiny, small_fs, capsys):
+    from affvae.checkpoints import load_checkpoint
+
+    fs = small_fs("300k")  # room for one checkpoint, not two
+    code = main(["train", "--config", str(tiny), "--out", str(fs / "run")])
+    assert code == 2
+    one_error(capsys.readouterr().err, f"{fs}/run/checkpoints/epoch_00002.pt: No space left on device")
+    ck = fs / "run" / "checkpoints"
+    assert [p.name for p in ck.iterdir()] == ["epoch_00001.pt"]  # no temporary file left
+    assert load_checkpoint(ck / "epoch_00001.pt")["epoch"] == 1
+
+
+def test_a_model_file_over_the_newest_checkpoint_resumes_from_the_previous(tiny, run_ok, tmp_path, capsys):
+    import json
+
+    run = copy_folder(run_ok, tmp_path / "run")
+    ck = run / "checkpoints"
+    (ck / "epoch_00002.pt").write_bytes((run / "model.pt").read_bytes())
+    (ck / ".epoch_00002.k2j3h4l5.pt").write_bytes(b"")  # a SIGKILL inside a checkpoint write
+    code = main(["train", "--config", str(tiny), "--set", "train.epochs=3", "--out", str(run), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    (line,) = warnings_of(err)
+    assert "epoch_00002.pt: not a training checkpoint" in line and "resuming from epoch_00001.pt" in line
+    assert json.loads((run / "metrics.json").read_text())["epochs_done"] == 3
+    assert sorted(p.name for p in ck.iterdir()) == ["epoch_00002.pt", "epoch_00003.pt"]
+
+
 def test_messages_name_the_users_path_not_a_temporary_file(base, tmp_path, small_fs, capsys):
     out = tmp_path / "out.csv"
     out.mkdir()
@@ -209,3 +272,18 @@ def test_messages_name_the_users_path_not_a_temporary_file(base, tmp_path, small
     assert main(["affinity", str(base), "--metric", "ncc", "--out", str(ro / "a.csv")]) == 2
     line = one_error(capsys.readouterr().err, f"{ro}/a.csv: Read-only file system", alone=True)
     assert ".tmp" not in line
+
+
+def test_bad_flags_are_refused_before_anything_starts(tiny, tmp_path, capsys):
+    import ray
+
+    assert main(["train", "--config", str(tiny), "--out", str(tmp_path / "w"), "--workers", "-1"]) == 2
+    one_error(capsys.readouterr().err, "--workers -1: expected 0", alone=True)
+    assert not ray.is_initialized()
+    assert main(["train", "--config", str(tiny), "--out", str(tmp_path / "nope"), "--resume"]) == 2
+    one_error(capsys.readouterr().err, f"{tmp_path / 'nope'}: --resume needs an existing run folder", alone=True)
+    (tmp_path / "fresh").mkdir()
+    assert main(["train", "--config", str(tiny), "--out", str(tmp_path / "fresh"), "--resume"]) == 2
+    one_error(capsys.readouterr().err, "no checkpoint to resume from", alone=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh"]
+    assert list((tmp_path / "fresh").iterdir()) == []

@@ -246,6 +246,17 @@ def test_a_full_disk_while_checkpointing_is_one_line(tiny, small_fs, capsys):
     assert load_checkpoint(ck / "epoch_00001.pt")["epoch"] == 1
 
 
+def test_non_utf8_affinity_csv_is_one_line_and_a_bom_is_stripped(base, tmp_path, capsys):
+    a = tmp_path / "a.csv"
+    a.write_bytes(b"\xff\xfe\x00garbage\x00\n")
+    assert main(["check", str(base), "--affinity", str(a)]) == 2
+    one_error(capsys.readouterr().err, f"{a}: not UTF-8 text", alone=True)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffI,O,T\n1,0.2,0.3\n0.2,1,0.1\n0.3,0.1,1\n".encode())
+    assert main(["check", str(base), "--affinity", str(bom)]) == 0
+    assert "affinity: 3x3" in capsys.readouterr().out
+
+
 def test_a_model_file_over_the_newest_checkpoint_resumes_from_the_previous(tiny, run_ok, tmp_path, capsys):
     import json
 
@@ -262,6 +273,16 @@ def test_a_model_file_over_the_newest_checkpoint_resumes_from_the_previous(tiny,
     assert sorted(p.name for p in ck.iterdir()) == ["epoch_00002.pt", "epoch_00003.pt"]
 
 
+def test_an_affinity_diagonal_not_one_is_refused(tiny, base, tmp_path, capsys):
+    a = tmp_path / "diag.csv"
+    a.write_text("I,O,T\n0.9,0.2,0.3\n0.2,1,0.1\n0.3,0.1,1\n")
+    assert main(["check", str(base), "--affinity", str(a)]) == 2
+    one_error(capsys.readouterr().err, f"{a}: diagonal value 0.9 at (I, I), expected 1", alone=True)
+    assert main(["train", "--config", str(tiny), "--set", f"data.affinity={a}", "--out", str(tmp_path / "r")]) == 2
+    one_error(capsys.readouterr().err, "diagonal value 0.9", alone=True)
+    assert not (tmp_path / "r").exists()
+
+
 def test_messages_name_the_users_path_not_a_temporary_file(base, tmp_path, small_fs, capsys):
     out = tmp_path / "out.csv"
     out.mkdir()
@@ -272,6 +293,14 @@ def test_messages_name_the_users_path_not_a_temporary_file(base, tmp_path, small
     assert main(["affinity", str(base), "--metric", "ncc", "--out", str(ro / "a.csv")]) == 2
     line = one_error(capsys.readouterr().err, f"{ro}/a.csv: Read-only file system", alone=True)
     assert ".tmp" not in line
+
+
+def test_a_constant_object_is_named_by_its_file(base, tmp_path, capsys):
+    d = copy_folder(base, tmp_path / "d")
+    write_volume(d / "template_O.mrc", np.zeros((16, 16, 16)))
+    assert main(["affinity", str(d), "--metric", "ncc", "--out", str(tmp_path / "a.csv")]) == 2
+    one_error(capsys.readouterr().err, f"{d}/template_O.mrc: every voxel has the same value (class 'O')",
+              alone=True)
 
 
 def test_bad_flags_are_refused_before_anything_starts(tiny, tmp_path, capsys):

@@ -257,6 +257,17 @@ def test_non_utf8_affinity_csv_is_one_line_and_a_bom_is_stripped(base, tmp_path,
     assert "affinity: 3x3" in capsys.readouterr().out
 
 
+def test_non_utf8_or_empty_config_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"\xff\xfe\x00: garbage\x00\n")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    for cfg, needle in ((bad, "not UTF-8 text"), (empty, "empty config; expected sections data, model")):
+        assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+        one_error(capsys.readouterr().err, f"{cfg}: {needle}", alone=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "empty.yaml"]
+
+
 def test_a_model_file_over_the_newest_checkpoint_resumes_from_the_previous(tiny, run_ok, tmp_path, capsys):
     import json
 

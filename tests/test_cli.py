@@ -1,6 +1,7 @@
 """The command line as a user runs it: exit codes, one-line errors, files on disk."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -292,6 +293,31 @@ def test_an_affinity_diagonal_not_one_is_refused(tiny, base, tmp_path, capsys):
     assert main(["train", "--config", str(tiny), "--set", f"data.affinity={a}", "--out", str(tmp_path / "r")]) == 2
     one_error(capsys.readouterr().err, "diagonal value 0.9", alone=True)
     assert not (tmp_path / "r").exists()
+
+
+def test_the_test_folder_is_validated_by_check_and_train(tiny, base, tmp_path, capsys):
+    d = copy_folder(base, tmp_path / "d")
+    (d / "test").mkdir()
+    for name in ("I_00000.mrc", "O_00006.mrc"):
+        shutil.copy(d / name, d / "test" / name)
+    (d / "test" / "T_00012.mrc").write_bytes((d / "T_00012.mrc").read_bytes()[:600])
+    assert main(["check", str(d)]) == 2
+    one_error(capsys.readouterr().err, f"{d}/test/T_00012.mrc: cannot read MRC file", alone=True)
+    write_volume(d / "test" / "T_00012.mrc", np.random.default_rng(0).random((32, 32, 32)))
+    out = tmp_path / "r"
+    assert main(["train", "--config", str(tiny), "--set", f"data.path={d}", "--out", str(out)]) == 2
+    one_error(capsys.readouterr().err, f"{d}/test/T_00012.mrc: shape 32x32x32 differs from 16x16x16", alone=True)
+    assert not out.exists()
+    (d / "test" / "T_00012.mrc").unlink()
+    assert main(["check", str(d)]) == 0
+    assert "test/: 2 items (I 1, O 1)" in capsys.readouterr().out
+
+
+def test_a_broken_link_in_a_dataset_folder_is_named(base, tmp_path, capsys):
+    d = copy_folder(base, tmp_path / "d")
+    (d / "I_99999.mrc").symlink_to(tmp_path / "nowhere.mrc")
+    assert main(["check", str(d)]) == 2
+    one_error(capsys.readouterr().err, f"{d}/I_99999.mrc: broken symbolic link", alone=True)
 
 
 def test_messages_name_the_users_path_not_a_temporary_file(base, tmp_path, small_fs, capsys):

@@ -105,7 +105,8 @@ def build_dataset(cfg, progress: bool = False) -> Dataset:
     d = cfg.data
     if d.source in ("folder", "star"):
         if d.source == "folder":
-            ds = load_folder(d.path, size=d.size, classes=d.classes, affinity=d.affinity, progress=progress)
+            ds = load_folder(d.path, size=d.size, classes=d.classes, affinity=d.affinity, progress=progress,
+                             test_folder=True)
         else:
             from affvae.data.star import load_star
 

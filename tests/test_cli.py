@@ -2,8 +2,10 @@
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import mrcfile
 import numpy as np
@@ -313,6 +315,35 @@ def test_the_test_folder_is_validated_by_check_and_train(tiny, base, tmp_path, c
     assert "test/: 2 items (I 1, O 1)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_an_interrupted_simulate_leaves_no_dataset_check_accepts(tmp_path, sig):
+    out = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-m", "affvae", "simulate", "tetramino", "--out", str(out),
+                             "-n", "400", "--size", "32", "--shapes", "I,O,T"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # until items are on disk
+        written = [p for d in tmp_path.iterdir() if d.is_dir() for p in d.glob("*.mrc")]
+        if len(written) >= 64:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "simulate finished before it could be interrupted"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    assert not out.exists()
+    r = run_cli("check", str(out))
+    assert r.returncode == 2 and "dataset folder does not exist" in r.stderr
+    if sig == signal.SIGINT:
+        assert "interrupted" in err and "Traceback" not in err
+        assert list(tmp_path.iterdir()) == []  # the partial folder is removed too
+    else:  # only a hidden partial folder, which the next simulate of d removes
+        assert [p.name.startswith(".d.partial-") for p in tmp_path.iterdir()] == [True]
+        assert main(["simulate", "tetramino", "--out", str(out), "-n", "1", "--size", "16", "--shapes", "I"]) == 0
+        assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
 def test_a_broken_link_in_a_dataset_folder_is_named(base, tmp_path, capsys):
     d = copy_folder(base, tmp_path / "d")
     (d / "I_99999.mrc").symlink_to(tmp_path / "nowhere.mrc")
@@ -338,6 +369,12 @@ def test_a_constant_object_is_named_by_its_file(base, tmp_path, capsys):
     assert main(["affinity", str(d), "--metric", "ncc", "--out", str(tmp_path / "a.csv")]) == 2
     one_error(capsys.readouterr().err, f"{d}/template_O.mrc: every voxel has the same value (class 'O')",
               alone=True)
+
+
+def test_simulate_refuses_a_box_too_small_by_its_flag(tmp_path, capsys):
+    assert main(["simulate", "tetramino", "--out", str(tmp_path / "s"), "-n", "2", "--size", "3"]) == 2
+    one_error(capsys.readouterr().err, "--size 3: expected at least 8", alone=True)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_flags_are_refused_before_anything_starts(tiny, tmp_path, capsys):

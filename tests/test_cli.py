@@ -271,6 +271,34 @@ def test_non_utf8_or_empty_config_is_one_line(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "empty.yaml"]
 
 
+@pytest.mark.parametrize("damage, needle", [
+    (lambda run: (run / "run.json").write_text((run / "run.json").read_text()[:20]), "run.json: not valid JSON"),
+    (lambda run: (run / "run.json").write_text("{}"), "run.json: no 'shape'"),
+    (lambda run: (run / "embeddings.parquet").write_bytes((run / "embeddings.parquet").read_bytes()[:500]),
+     "embeddings.parquet: not a readable Parquet file"),
+])
+def test_corrupt_run_files_on_evaluate_are_one_line(run_ok, base, tmp_path, capsys, damage, needle):
+    run = copy_folder(run_ok, tmp_path / "run")
+    damage(run)
+    before = snapshot(run)
+    assert main(["evaluate", str(run), str(base), "--no-figures"]) == 2
+    one_error(capsys.readouterr().err, f"{run}/{needle}", alone=True)
+    assert snapshot(run) == before  # and no eval_base folder
+
+
+def test_a_model_of_another_shape_names_the_mismatch(run_ok, base, tmp_path, capsys):
+    import torch
+
+    from affvae.config import build_config
+    from affvae.model import build_model
+
+    run = copy_folder(run_ok, tmp_path / "run")
+    other = build_model(build_config(overrides=["model.filters=[4, 8]", "model.latent_dims=6"]), (16, 16, 16))
+    torch.save(other.state_dict(), run / "model.pt")
+    assert main(["evaluate", str(run), str(base), "--no-figures"]) == 2
+    one_error(capsys.readouterr().err, f"{run}/model.pt: does not fit the model", "size mismatch", alone=True)
+
+
 def test_a_model_file_over_the_newest_checkpoint_resumes_from_the_previous(tiny, run_ok, tmp_path, capsys):
     import json
 
@@ -344,11 +372,69 @@ def test_an_interrupted_simulate_leaves_no_dataset_check_accepts(tmp_path, sig):
         assert [p.name for p in tmp_path.iterdir()] == ["d"]
 
 
+def test_an_interrupted_evaluate_leaves_the_previous_results_whole(run_ok, base, tmp_path, monkeypatch):
+    import affvae.runs
+
+    ev = tmp_path / "ev"
+    assert main(["evaluate", str(run_ok), str(base), "--no-figures", "--out", str(ev)]) == 0
+    before = snapshot(ev)
+    few = copy_folder(base, tmp_path / "few")
+    for p in few.glob("I_0000[0-3].mrc"):
+        p.unlink()
+    real = affvae.runs._write_json
+
+    def interrupted(path, obj):  # Ctrl-C after predictions.csv, before metrics.json
+        if path.name == "metrics.json":
+            raise KeyboardInterrupt
+        real(path, obj)
+
+    monkeypatch.setattr(affvae.runs, "_write_json", interrupted)
+    assert main(["evaluate", str(run_ok), str(few), "--no-figures", "--out", str(ev)]) == 130
+    assert snapshot(ev) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev", "few"]  # no partial folder left
+    monkeypatch.undo()
+    assert main(["evaluate", str(run_ok), str(few), "--no-figures", "--out", str(ev)]) == 0
+    assert snapshot(ev) != before
+
+
+def test_evaluate_refuses_the_runs_own_folder_and_foreign_folders(run_ok, base, tmp_path, capsys):
+    run = copy_folder(run_ok, tmp_path / "run")
+    data = copy_folder(base, tmp_path / "data")
+    before, data_before = snapshot(run), snapshot(data)
+    assert main(["evaluate", str(run), str(base), "--out", str(run)]) == 2
+    one_error(capsys.readouterr().err, f"--out {run}: the run's own folder", alone=True)
+    assert main(["evaluate", str(run), str(base), "--out", str(data)]) == 2
+    one_error(capsys.readouterr().err, f"--out {data}: holds ", "which an evaluation does not write", alone=True)
+    assert snapshot(run) == before and snapshot(data) == data_before
+
+
 def test_a_broken_link_in_a_dataset_folder_is_named(base, tmp_path, capsys):
     d = copy_folder(base, tmp_path / "d")
     (d / "I_99999.mrc").symlink_to(tmp_path / "nowhere.mrc")
     assert main(["check", str(d)]) == 2
     one_error(capsys.readouterr().err, f"{d}/I_99999.mrc: broken symbolic link", alone=True)
+
+
+def test_an_empty_test_split_is_skipped_with_a_line(tiny, tmp_path, capsys):
+    import json
+
+    d = tmp_path / "d"
+    assert main(["simulate", "tetramino", "--out", str(d), "-n", "6", "--size", "16", "--shapes", "I,O,T"]) == 0
+    test = copy_folder(d, tmp_path / "test_items")
+    shutil.move(test, d / "test")
+    out = tmp_path / "r"
+    code = main(["train", "--config", str(tiny), "--set", f"data.path={d}", "--set", "data.test_fraction=0",
+                 "--set", "eval.classifier=mlp", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    (line,) = warnings_of(err)
+    assert "no test items (data.test_fraction = 0): skipping the test evaluation" in line
+    assert f"affvae evaluate {out} {d}/test" in line
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["evaluated"] is False and metrics["epochs_done"] == 2
+    assert {"model.pt", "latent_map.parquet", "config.yaml", "run.json"} <= {p.name for p in out.iterdir()}
+    assert main(["evaluate", str(out), str(d / "test"), "--no-figures"]) == 0
+    assert json.loads((out / "eval_test" / "metrics.json").read_text())["n_items"] == 18
 
 
 def test_messages_name_the_users_path_not_a_temporary_file(base, tmp_path, small_fs, capsys):
@@ -390,3 +476,14 @@ def test_bad_flags_are_refused_before_anything_starts(tiny, tmp_path, capsys):
     one_error(capsys.readouterr().err, "no checkpoint to resume from", alone=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh"]
     assert list((tmp_path / "fresh").iterdir()) == []
+
+
+def test_evaluate_warns_when_it_resizes_items(run_ok, tmp_path, capsys):
+    d = tmp_path / "other"
+    rng = np.random.default_rng(0)
+    for c in "IOT":
+        for i in range(2):
+            write_volume(d / f"{c}_{i}.mrc", rng.random((8, 16, 40)))
+    assert main(["evaluate", str(run_ok), str(d), "--no-figures", "--out", str(tmp_path / "ev")]) == 0
+    (line,) = warnings_of(capsys.readouterr().err)
+    assert f"{d}: items of 8x16x40, but the run was trained on 16x16x16: resizing them to 16x16x16" in line

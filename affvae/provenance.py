@@ -52,8 +52,9 @@ def dir_mode() -> int:
 def _named(e: OSError, path: Path) -> OSError:
     """``e`` re-raised as naming ``path`` (the user's file), not a temporary file beside it."""
     errno = e.errno
-    text = os.strerror(errno) if errno else (e.strerror or str(e) or type(e).__name__)
-    return type(e)(errno, text, str(path)) if errno else OSError(text, str(path))
+    if errno:
+        return type(e)(errno, os.strerror(errno), str(path))
+    return OSError(None, " ".join((e.strerror or str(e) or type(e).__name__).split()), str(path))
 
 
 def _mkstemp(path: Path, prefix: str, suffix: str) -> tuple[int, str]:

@@ -478,6 +478,14 @@ def test_bad_flags_are_refused_before_anything_starts(tiny, tmp_path, capsys):
     assert list((tmp_path / "fresh").iterdir()) == []
 
 
+def test_a_fresh_start_over_an_unfinished_run_is_refused(tiny, run_ok, tmp_path, capsys):
+    run = copy_folder(run_ok / "checkpoints", tmp_path / "run" / "checkpoints").parent  # killed mid-run
+    before = snapshot(run)
+    assert main(["train", "--config", str(tiny), "--out", str(run)]) == 2
+    one_error(capsys.readouterr().err, f"{run}: holds an unfinished run", "use --resume", alone=True)
+    assert snapshot(run) == before
+
+
 def test_evaluate_warns_when_it_resizes_items(run_ok, tmp_path, capsys):
     d = tmp_path / "other"
     rng = np.random.default_rng(0)

@@ -69,7 +69,7 @@ def _resume_point(out, cfg):
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from affvae.checkpoints import check_matches
+    from affvae.checkpoints import check_matches, checkpoint_files
     from affvae.config import load_config
     from affvae.data.sources import build_dataset
     from affvae.errors import AffvaeError
@@ -97,6 +97,9 @@ def main(args: argparse.Namespace) -> int:
         resume_from, state = _resume_point(out, cfg)
     elif (out / "model.pt").exists():
         raise AffvaeError(f"{out}: already holds a trained run; use --resume or another --out")
+    elif checkpoint_files(out / "checkpoints"):  # a fresh start would replace them one by one
+        raise AffvaeError(f"{out}: holds an unfinished run ({checkpoint_files(out / 'checkpoints')[-1]}); "
+                          "use --resume to continue it, or another --out")
     data = build_dataset(cfg, progress=True)
     print(f"data: {len(data)} items of {'x'.join(map(str, data.shape))}, train on "
           f"{', '.join(data.classes)}; unseen: "

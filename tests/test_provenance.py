@@ -50,6 +50,16 @@ def test_an_error_names_the_destination_not_the_temporary_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]  # no temporary file left
 
 
+def test_an_error_without_errno_keeps_its_text(tmp_path):
+    def writer(tmp):  # as pyarrow or a library raises: a message, no errno, no file name
+        raise OSError("Error writing bytes to file")
+
+    with pytest.raises(OSError) as e:
+        atomic_save(tmp_path / "t.parquet", writer)
+    assert e.value.filename == str(tmp_path / "t.parquet") and e.value.strerror == "Error writing bytes to file"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_read_only_folder_is_named_as_the_file_asked_for(small_fs):
     ro = small_fs(options="ro")
     with pytest.raises(OSError) as e:

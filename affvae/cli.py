@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from affvae import __version__
+from affvae import __version__, errors
 from affvae.errors import report_errors
 
 COMMANDS = ["simulate", "affinity", "check", "train", "evaluate", "tune"]
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    errors.PROG = f"affvae {args.command}"  # the name warnings print
     return report_errors(f"affvae {args.command}", lambda: args._main(args), debug=args.debug)
 
 

@@ -206,6 +206,10 @@ class Config(_Section):
         return out
 
 
+#: The sections of a config file (besides the top-level ``seed``).
+SECTIONS = ("data", "model", "loss", "train", "eval")
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
     key = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -245,7 +249,7 @@ def build_config(base: dict | None = None, overrides: dict[str, Any] | list[str]
     """Validate a nested dict plus dotted overrides into a :class:`Config`."""
     tree = copy.deepcopy(base or {})
     if not isinstance(tree, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections (data, model, loss, train, eval)")
+        raise ConfigError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)})")
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
     for key, value in items:
         _set_dotted(tree, key, value, source)
@@ -262,13 +266,24 @@ def load_config(path: str | os.PathLike | None = None, overrides=None) -> Config
     if path is not None:
         source = str(path)
         try:
-            base = yaml.safe_load(Path(path).read_text()) or {}
+            raw = Path(path).read_bytes()
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                              "expected a YAML config") from None
+        try:
+            base = yaml.safe_load(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}: not valid YAML{where}") from None
+        if base is None:
+            # almost always a mistake (a wrong or truncated file): it would train the defaults
+            raise ConfigError(f"{path}: empty config; expected sections {', '.join(SECTIONS)} "
+                              "(leave --config out to train the built-in defaults)")
     return build_config(base, overrides, source)
 
 

@@ -101,7 +101,7 @@ def read_checkpoint(path: str) -> dict:
     """The training state in a Ray Train checkpoint directory (local path or URI)."""
     from ray.train import Checkpoint
 
-    from affvae.train import load_checkpoint
+    from affvae.checkpoints import load_checkpoint
 
     with Checkpoint(path).as_directory() as d:
         return load_checkpoint(Path(d) / CHECKPOINT_FILE)

@@ -117,6 +117,8 @@ def mlp_classifier(mu_train, y_train, mu_test, seed: int = 0,
     if mu_train.shape[0] != y_train.size:
         raise ValueError(f"{mu_train.shape[0]} training vectors but {y_train.size} labels")
     classes = np.unique(y_train)
+    if mu_test.shape[0] == 0:  # nothing to classify (scikit-learn refuses empty input)
+        return np.zeros(0, dtype=str)
     if classes.size == 1:  # nothing to learn
         return np.full(mu_test.shape[0], classes[0], dtype=classes.dtype)
     model = make_pipeline(

@@ -32,9 +32,14 @@ import numpy as np
 import torch
 
 from affvae.config import Config, load_config, save_config
-from affvae.errors import AffvaeError
+from affvae.errors import AffvaeError, one_line, warn
 from affvae.latent_map import LatentMap
-from affvae.provenance import atomic_save, atomic_write, write_provenance
+from affvae.provenance import atomic_save, atomic_write, save_torch, write_provenance
+
+#: What an evaluation writes into its folder (``affvae evaluate`` replaces such a folder whole).
+EVAL_OUTPUTS = ("predictions.csv", "metrics.json", "embedding_2d.parquet", "figures")
+#: Columns every embeddings.parquet has (then mu_*, pose_*, and true_* when known).
+EMBEDDING_COLUMNS = ("path", "class", "split")
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -88,9 +93,22 @@ def read_embedding_2d(path: str | os.PathLike):
 
 
 def read_embeddings(path: str | os.PathLike):
+    """The embeddings table of a run; a missing, damaged or foreign file raises one AffvaeError."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pandas()
+    path = Path(path)
+    if not path.is_file():
+        raise AffvaeError(f"{path}: does not exist (a finished run writes its embeddings there)")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise AffvaeError(f"{path}: not a readable Parquet file ({one_line(e, 200)})") from None
+    missing = [c for c in EMBEDDING_COLUMNS if c not in table.column_names]
+    if missing:
+        raise AffvaeError(f"{path}: no column {missing[0]!r}; expected {', '.join(EMBEDDING_COLUMNS)}, "
+                          "mu_0, ...")
+    return table.to_pandas()
 
 
 def evaluate_items(model, latent_map: LatentMap, x: np.ndarray, labels: np.ndarray, paths: Sequence[str],
@@ -155,7 +173,7 @@ def save_run(result, data, run_dir: str | os.PathLike) -> dict[str, Any]:
     model = result.model
     save_config(cfg, run / "config.yaml")
     write_provenance(run, params=cfg.to_dict(), seed=cfg.seed)
-    atomic_save(run / "model.pt", lambda tmp: torch.save(model.state_dict(), tmp))
+    save_torch(run / "model.pt", model.state_dict())
     _write_json(run / "run.json", {
         "shape": list(model.shape), "classes": result.classes, "epochs_done": result.epochs_done,
         "seconds": result.seconds, "stopped_early": result.stopped_early,
@@ -176,17 +194,85 @@ def save_run(result, data, run_dir: str | os.PathLike) -> dict[str, Any]:
     lm.save(run / "latent_map.parquet")
 
     ev = np.concatenate([sp.test, sp.unseen])
-    angles = None if data.poses is None or model.ndim != 2 else data.poses[ev]
-    metrics = evaluate_items(
-        model, lm, data.x[ev], data.labels[ev], [data.paths[i] for i in ev], run, result.classes,
-        classifier=cfg.eval.classifier, train_mu=mu[sp.train], train_labels=data.labels[sp.train],
-        angles=angles, embedding=cfg.eval.embedding, figures=cfg.eval.figures, seed=cfg.seed)
+    if len(sp.test) == 0:
+        warn(_no_test_items(cfg, data, run, len(sp.unseen)))
+    if len(ev):
+        angles = None if data.poses is None or model.ndim != 2 else data.poses[ev]
+        metrics = evaluate_items(
+            model, lm, data.x[ev], data.labels[ev], [data.paths[i] for i in ev], run, result.classes,
+            classifier=cfg.eval.classifier, train_mu=mu[sp.train], train_labels=data.labels[sp.train],
+            angles=angles, embedding=cfg.eval.embedding, figures=cfg.eval.figures, seed=cfg.seed)
+    else:
+        metrics = {"n_items": 0, "evaluated": False,
+                   "skipped": f"no test items (data.test_fraction = {cfg.data.test_fraction:g}) "
+                              "and no unseen classes"}
     metrics["train_seconds"] = result.seconds
     metrics["epochs_done"] = result.epochs_done
     if result.history:
         metrics["final_val_accuracy"] = result.history[-1].get("val_accuracy")
     _write_json(run / "metrics.json", metrics)
     return metrics
+
+
+def _no_test_items(cfg, data, run: Path, n_unseen: int) -> str:
+    """The warning of a run whose test split is empty."""
+    from affvae.data.io import has_test_folder
+
+    root = data.root if cfg.data.source == "folder" else None
+    folder = f"{Path(root) / 'test'}" if root is not None and has_test_folder(root) else "DIR"
+    what = (f"evaluating the {n_unseen} items of unseen classes only" if n_unseen
+            else "skipping the test evaluation")
+    return (f"no test items (data.test_fraction = {cfg.data.test_fraction:g}): {what}; evaluate a "
+            f"test folder with: affvae evaluate {run} {folder}")
+
+
+def check_eval_out(out: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
+    """Refuse an evaluation folder that is the run itself or holds other files.
+
+    ``affvae evaluate`` writes its results into a new folder and swaps it in whole,
+    so ``--out`` must be new, empty or an earlier evaluation (only the files an
+    evaluation writes); the run's own folder would lose the metrics and predictions
+    of its test split.
+    """
+    out, run = Path(out), Path(run_dir)
+    if out.exists() and run.exists() and out.resolve() == run.resolve():
+        raise AffvaeError(f"--out {out}: the run's own folder; evaluating into it would replace the "
+                          "metrics.json and predictions.csv of its test split; leave --out out "
+                          f"(default {run / 'eval_<data folder name>'}) or give another folder")
+    if out.exists() and not out.is_dir():
+        raise AffvaeError(f"--out {out}: exists and is not a folder")
+    if out.is_dir():
+        other = sorted(p.name for p in out.iterdir() if p.name not in EVAL_OUTPUTS)
+        if other:
+            raise AffvaeError(
+                f"--out {out}: holds {other[0]}{f' and {len(other) - 1} more' if len(other) > 1 else ''}, "
+                "which an evaluation does not write; an evaluation replaces its folder whole, so give "
+                "a new or empty folder, or an earlier evaluation's")
+    return out
+
+
+def _read_run_json(path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise AffvaeError(f"{path}: cannot read ({one_line(getattr(e, 'strerror', None) or e)})") from None
+    except json.JSONDecodeError as e:
+        raise AffvaeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                          "the run folder is damaged") from None
+    if not isinstance(info, dict):
+        raise AffvaeError(f"{path}: expected a JSON object with shape, classes and output")
+    for key in ("shape", "classes", "output"):
+        if key not in info:
+            raise AffvaeError(f"{path}: no {key!r}; expected the shape, classes and output a run records")
+    shape, classes = info["shape"], info["classes"]
+    if (not isinstance(shape, list) or len(shape) not in (2, 3)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 2 for n in shape)):
+        raise AffvaeError(f"{path}: shape {shape!r}: expected 2 or 3 sides of at least 2")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise AffvaeError(f"{path}: classes {classes!r}: expected a non-empty list of class names")
+    if info["output"] not in ("sigmoid", "linear"):
+        raise AffvaeError(f"{path}: output {info['output']!r}: expected sigmoid or linear")
+    return info
 
 
 def load_run(run_dir: str | os.PathLike):
@@ -198,12 +284,18 @@ def load_run(run_dir: str | os.PathLike):
         if not (run / name).is_file():
             raise AffvaeError(f"{run}: not a finished run directory (missing {name})")
     cfg = load_config(run / "config.yaml")
-    info = json.loads((run / "run.json").read_text())
+    info = _read_run_json(run / "run.json")
     m = cfg.model
     model = AffinityVAE(info["shape"], m.filters, m.latent_dims, m.pose_dims, m.batch_norm, info["output"])
     try:
-        model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
-    except Exception as e:  # noqa: BLE001
-        raise AffvaeError(f"{run / 'model.pt'}: cannot load the model ({e.__class__.__name__})") from None
+        state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to read is the same user problem
+        raise AffvaeError(f"{run / 'model.pt'}: cannot load the model ({e.__class__.__name__}: "
+                          f"{one_line(e, 200)})") from None
+    try:
+        model.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - a state dict of another model
+        raise AffvaeError(f"{run / 'model.pt'}: does not fit the model of {run / 'config.yaml'} and "
+                          f"run.json ({one_line(e, 200)})") from None
     model.eval()
     return cfg, model, LatentMap.load(run / "latent_map.parquet"), info

@@ -5,7 +5,8 @@
 
 * :func:`setup`: seed, device, splits, model (DistributedDataParallel under a process
   group), optimiser, the affinity matrix as a tensor;
-* :func:`restore`: the newest checkpoint's model, optimiser, RNG state and history;
+* :func:`restore`: the newest good checkpoint's model, optimiser, RNG state and history
+  (:mod:`affvae.checkpoints`);
 * :func:`train_epoch`: one pass over the training batches, returning the epoch's
   ``train_*`` logs;
 * :func:`validate`: ``val_*`` terms and ``val_accuracy`` on the validation split;
@@ -43,6 +44,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from affvae import checkpoints
 from affvae.affinity.matrix import AffinityMatrix
 from affvae.data.io import Dataset
 from affvae.data.splits import Splits, splits_of
@@ -106,40 +108,6 @@ def choose_device(cfg) -> torch.device:
     if want == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(want)
-
-
-# -- checkpoints ----------------------------------------------------------------------------
-
-def _checkpoint_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("epoch_*.pt"))
-
-
-def save_checkpoint(directory: Path, epoch: int, model, opt, scaler, history, restarts: int = 0) -> Path:
-    from affvae.provenance import atomic_save
-
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "history": history,
-        "restarts": restarts,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-    path = directory / f"epoch_{epoch:05d}.pt"
-    atomic_save(path, lambda tmp: torch.save(state, tmp))
-    for old in _checkpoint_files(directory)[:-2]:  # keep the two newest
-        old.unlink(missing_ok=True)
-    return path
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any failure to read is the same user problem
-        raise AffvaeError(f"{path}: cannot read checkpoint ({e.__class__.__name__}: {e})") from None
 
 
 # -- the session and its steps ------------------------------------------------------------
@@ -222,23 +190,16 @@ def setup(cfg, data: Dataset, affinity: AffinityMatrix | None, device: torch.dev
                                 anchor_weight=lc.anchors))
 
 
-def restore(s: Session, ckpt_dir: Path) -> bool:
-    """Load the newest checkpoint in ``ckpt_dir`` into the session; False if there is none."""
-    files = _checkpoint_files(ckpt_dir)
-    if not files:
-        return False
-    state = load_checkpoint(files[-1])
-    s.model.load_state_dict(state["model"])
-    s.opt.load_state_dict(state["optimizer"])
-    if s.scaler is not None and state.get("scaler"):
-        s.scaler.load_state_dict(state["scaler"])
-    s.history = list(state["history"])
-    s.start_epoch = int(state["epoch"])
-    s.restarts = int(state.get("restarts", 0)) + 1
-    torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return True
+def restore(s: Session, ckpt_dir: Path) -> Path | None:
+    """Load the newest good checkpoint in ``ckpt_dir`` into the session; returns its path."""
+    found = checkpoints.newest_good_checkpoint(ckpt_dir)
+    if found is None:
+        return None
+    path, state = found
+    s.history, s.start_epoch, s.restarts = checkpoints.restore(state, path, s.model, s.opt, s.scaler)
+    if s.rank == 0:
+        checkpoints.remove_stale_temps(ckpt_dir)
+    return path
 
 
 def _batches(idx: np.ndarray, batch_size: int, generator: torch.Generator | None, world: int = 1):
@@ -391,7 +352,8 @@ def checkpoint(s: Session, ckpt_dir: Path | None, epoch: int, last: bool) -> Pat
     due = (epoch + 1) % s.cfg.train.checkpoint_every == 0 or last
     if ckpt_dir is None or s.rank != 0 or not due:
         return None
-    return save_checkpoint(ckpt_dir, epoch + 1, s.model, s.opt, s.scaler, s.history, s.restarts)
+    return checkpoints.save_checkpoint(ckpt_dir, epoch + 1, s.model, s.opt, s.scaler, s.history, s.restarts,
+                           config=s.cfg.to_dict())
 
 
 def _progress(enabled: bool, s: Session):
@@ -427,14 +389,13 @@ def train(cfg, data: Dataset, affinity: AffinityMatrix | None = None, batches: B
         raise ConfigError("data.stream: pass the stream's batches (affvae.data.stream.stream_batches)")
     s = setup(cfg, data, affinity, device)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    if resume and ckpt_dir is not None:
-        restore(s, ckpt_dir)
+    resumed = restore(s, ckpt_dir) if resume and ckpt_dir is not None else None
     epochs = cfg.train.epochs
     if report is not None and s.history and s.start_epoch >= epochs:
         # a resume that finds training already done (killed after its last report was
         # written but before the caller saw it): report the final epoch again, so the
         # caller's last result is the last epoch and its checkpoint, not a stale one
-        report(dict(s.history[-1]), _checkpoint_files(ckpt_dir)[-1] if s.rank == 0 else None)
+        report(dict(s.history[-1]), resumed if s.rank == 0 else None)
     bar = _progress(progress, s)
     stopped_early = False
     for epoch in range(s.start_epoch, epochs):

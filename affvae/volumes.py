@@ -16,7 +16,7 @@ from typing import Sequence
 import mrcfile
 import numpy as np
 
-from affvae.errors import DataError
+from affvae.errors import DataError, reason
 from affvae.provenance import atomic_save
 
 #: File suffixes that hold objects (compared case-insensitively).
@@ -75,11 +75,6 @@ def read_volume(path: str | os.PathLike) -> np.ndarray:
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     _check_finite(arr, path)
     return arr
-
-
-def reason(e: BaseException) -> str:
-    msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
-    return " ".join(str(msg).split())  # one line
 
 
 def _check_finite(arr: np.ndarray, path) -> None:

@@ -31,3 +31,31 @@ def ray_cluster():
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """``small_fs(size, options="")``: a real tmpfs of that size, to fill up or make read-only.
+
+    Mounting needs root (the CI container runs tests as root); elsewhere the test
+    is skipped, saying why.
+    """
+    import subprocess
+
+    mounted = []
+
+    def mount(size="300k", options=""):
+        path = tmp_path / f"fs{len(mounted)}"
+        path.mkdir()
+        opts = f"size={size}" + (f",{options}" if options else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or 'mount failed'}); "
+                        "a full disk or read-only folder needs root to simulate")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -61,3 +61,20 @@ def test_folder_source_needs_a_path():
         build_config(overrides=["data.source=folder"])
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
     assert isinstance(Config(), Config)
+
+
+def test_non_utf8_config_is_one_line_naming_the_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"\xff\xfe\x00: garbage\x00\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: not UTF-8 text \(byte 0xff at offset 0\)") as e:
+        load_config(p)
+    assert "\n" not in str(e.value)
+
+
+def test_an_empty_config_file_is_refused(tmp_path):
+    for text in ("", "\n\n", "# only a comment\n"):
+        p = tmp_path / "c.yaml"
+        p.write_text(text)
+        with pytest.raises(ConfigError, match="c.yaml: empty config; expected sections data, model"):
+            load_config(p)
+    assert load_config(None).train.epochs == Config().train.epochs  # no file: the defaults, as before

@@ -10,6 +10,7 @@ import pytest
 
 from affvae.affinity.matrix import AffinityMatrix
 from affvae.data.io import (
+    check_test_folder,
     has_test_folder,
     index_folder,
     load_folder,
@@ -257,3 +258,32 @@ def test_errors_are_one_line(vol_dir):
 
 def test_classes_argument_as_comma_string(vol_dir):
     assert index_folder(vol_dir, classes="b, a").classes == ["b", "a"]
+
+
+def test_a_broken_link_with_a_data_name_is_an_error(vol_dir):
+    (vol_dir / "a_99999.mrc").symlink_to(vol_dir / "gone.mrc")
+    with pytest.raises(DataError, match=r"a_99999.mrc: broken symbolic link \(to .*gone.mrc"):
+        index_folder(vol_dir)
+    (vol_dir / "a_99999.mrc").unlink()
+    (vol_dir / "notes.txt").symlink_to(vol_dir / "gone.txt")  # not a data file name: ignored
+    assert len(index_folder(vol_dir)) == 7
+
+
+def test_the_test_folder_is_validated_like_its_parent(vol_dir, capsys):
+    test = vol_dir / "test"
+    test.mkdir()
+    load_folder(vol_dir, test_folder=True)  # empty: ignored, with a warning
+    assert "test: no data files" in capsys.readouterr().err
+    _write_mrc(test / "a_t.mrc", _vol())
+    np.save(test / "d_t.npy", _vol())
+    index = check_test_folder(vol_dir, (8, 8, 8))
+    assert index.labels.tolist() == ["a", "d"]
+    _write_mrc(test / "b_big.mrc", _vol((16, 16, 16)))
+    with pytest.raises(DataError, match=r"test/b_big.mrc: shape 16x16x16 differs from 8x8x8"):
+        load_folder(vol_dir, test_folder=True)
+    assert len(load_folder(vol_dir)) == 7  # only when asked
+    _write_mrc(test / "b_big.mrc", _vol())
+    assert load_folder(vol_dir, size=4, test_folder=True).shape == (4, 4, 4)  # compared before resizing
+    (test / "b_big.mrc").write_bytes((test / "b_big.mrc").read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"test/b_big.mrc: cannot read MRC file"):
+        load_folder(vol_dir, test_folder=True)

@@ -21,7 +21,7 @@ LAYERS = [
     ("affinity",),
     ("data",),
     ("latent_map", "evaluate", "embed", "plots", "figures"),
-    ("deconv", "model", "losses", "checkpoints", "train"),
+    ("deconv", "model", "losses", "checkpoints", "train", "supervised"),
     ("distributed",),
     ("tracking", "runs", "tune"),
     ("cli", "commands", "__main__"),

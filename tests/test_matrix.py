@@ -77,3 +77,40 @@ def test_compute_matrix_is_cached_by_content(tmp_path):
     assert not np.array_equal(b.values, forged.values)
     assert compute_matrix(sim.classes, X, "ncc").values[0, 1] != 0.5
     assert np.allclose(compute_matrix(sim.classes, X, "fsc", cache=False).values, a.values)
+
+
+def test_non_utf8_csv_is_one_line_naming_the_file(tmp_path):
+    p = tmp_path / "a.csv"
+    p.write_bytes(b"\xff\xfe\x00garbage\x00\n")
+    with pytest.raises(AffinityError, match=r"a.csv: not UTF-8 text \(byte 0xff at offset 0\)") as e:
+        read_affinity_csv(p)
+    assert "\n" not in str(e.value)
+    p.write_bytes(b"a,b\n1,0.5\n0.5,1\n\x00\n")
+    with pytest.raises(AffinityError, match="a.csv: holds NUL bytes"):
+        read_affinity_csv(p)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_class(tmp_path):
+    p = tmp_path / "excel.csv"
+    p.write_bytes("\ufeffI,O\n1,0.2\n0.2,1\n".encode())
+    m = read_affinity_csv(p)
+    assert m.classes == ("I", "O")
+    assert m.subset(["O", "I"]).values[0, 1] == pytest.approx(0.2)
+
+
+def test_the_diagonal_must_be_ones(tmp_path):
+    p = tmp_path / "a.csv"
+    p.write_text("I,O,T\n0.9,0.2,0.3\n0.2,1,0.1\n0.3,0.1,1\n")
+    with pytest.raises(AffinityError, match=r"a.csv: diagonal value 0.9 at \(I, I\), expected 1"):
+        read_affinity_csv(p)
+    p.write_text("I,O\n1.00001,0.2\n0.2,1\n")  # within the tolerance of a rounded write
+    assert read_affinity_csv(p).classes == ("I", "O")
+    with pytest.raises(AffinityError, match=r"diagonal value 0 at \(b, b\)"):
+        AffinityMatrix(("a", "b"), np.array([[1.0, 0.5], [0.5, 0.0]])).validate()
+
+
+def test_a_constant_template_is_named_by_its_file():
+    rng = np.random.default_rng(0)
+    X = np.stack([rng.standard_normal((8, 8, 8)), np.zeros((8, 8, 8))])
+    with pytest.raises(AffinityError, match=r"template_b.mrc: every voxel has the same value \(class 'b'\)"):
+        compute_matrix(["a", "b"], X, "ncc", cache=False, sources=["template_a.mrc", "template_b.mrc"])

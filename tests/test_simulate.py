@@ -166,3 +166,49 @@ def test_box_glyph_size_scales_every_glyph_to_one_box():
     assert height(box.template("2")) == height(natural.template("2"))  # a digit is cap height already
     with pytest.raises(DataError, match="glyph_size 'huge'"):
         AlphanumericSimulator(glyphs=["a"], glyph_size="huge")
+
+
+def test_an_interrupted_write_leaves_no_dataset_folder(tmp_path, monkeypatch):
+    sim = TetraminoSimulator(size=16, cube=2, shapes=["I", "O"])
+    calls = []
+
+    def render_then_interrupt(specs):
+        calls.append(len(specs))
+        if len(calls) == 2:  # after one batch of files is on disk
+            raise KeyboardInterrupt
+        return TetraminoSimulator.render_specs(sim, specs)
+
+    monkeypatch.setattr(sim, "render_specs", render_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(sim, tmp_path / "d", n_per_class=8, batch_size=4, progress=False)
+    assert list(tmp_path.iterdir()) == []  # no d, no hidden partial folder
+
+
+def test_overwrite_replaces_the_folder_only_once_complete(tmp_path, monkeypatch):
+    sim = TetraminoSimulator(size=16, cube=2, shapes=["I", "O"])
+    out = write_dataset(sim, tmp_path / "d", n_per_class=3, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    def interrupt(cls):  # a Ctrl-C after the items, while the templates are written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sim, "template", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(sim, out, n_per_class=1, overwrite=True, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.undo()
+    write_dataset(sim, out, n_per_class=1, overwrite=True, progress=False)
+    assert sorted(p.name for p in out.glob("*_*.mrc") if not p.name.startswith("template")) == \
+        ["I_00000.mrc", "O_00001.mrc"]  # the old items are gone, not mixed in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_dataset_files_and_folder_respect_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        out = write_dataset(TetraminoSimulator(size=16, cube=2, shapes=["I"]), tmp_path / "d", 1, progress=False)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}

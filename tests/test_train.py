@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from affvae.checkpoints import load_checkpoint
 from affvae.config import build_config
 from affvae.data.sources import build_dataset, resolve_affinity
 from affvae.data.splits import split_indices
-from affvae.train import TrainingDiverged, load_checkpoint, train
+from affvae.train import TrainingDiverged, train
 
 SMALL = ["data.source=alphanumeric", "data.size=16", "data.glyphs=aeio", "data.n_per_class=12",
          "model.filters=[4, 8]", "model.latent_dims=4", "train.batch_size=8", "train.epochs=4",
@@ -84,3 +85,27 @@ def test_gamma_zero_trains_without_an_affinity_matrix(small):
     res = train(build_config(overrides=SMALL + ["loss.gamma=0", "model.pose_dims=0", "train.epochs=1"]), ds)
     assert res.affinity is None
     assert res.history[0]["train_affinity"] == 0.0
+
+
+def test_resume_removes_temporary_files_of_a_killed_checkpoint_write(small, tmp_path):
+    cfg, ds, aff = small
+    ck = tmp_path / "ck"
+    train(build_config(overrides=SMALL + ["train.epochs=2"]), ds, aff, checkpoint_dir=ck)
+    for name in (".epoch_00003.x1y2z3ab.pt", ".epoch_00004.q9w8e7rt.pt"):
+        (ck / name).write_bytes(b"")  # what a SIGKILL inside torch.save leaves
+    res = train(cfg, ds, aff, checkpoint_dir=ck, resume=True)
+    assert len(res.history) == 4
+    assert sorted(p.name for p in ck.iterdir()) == ["epoch_00003.pt", "epoch_00004.pt"]
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(small, tmp_path, capsys):
+    cfg, ds, aff = small
+    ck = tmp_path / "ck"
+    full = train(cfg, ds, aff, checkpoint_dir=tmp_path / "full")
+    train(build_config(overrides=SMALL + ["train.epochs=3"]), ds, aff, checkpoint_dir=ck)
+    newest = ck / "epoch_00003.pt"
+    newest.write_bytes(newest.read_bytes()[:2000])
+    resumed = train(cfg, ds, aff, checkpoint_dir=ck, resume=True)
+    assert "epoch_00003.pt: cannot read checkpoint" in capsys.readouterr().err
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]  # from epoch 2, as if never damaged
+    assert torch.allclose(params(full.model), params(resumed.model), atol=1e-6)

@@ -89,6 +89,13 @@ class AffinityMatrix:
                 f"{source}: value {v[i, j]:g} at ({self.classes[i]}, {self.classes[j]}) is "
                 "outside [-1, 1]"
             )
+        diag = np.abs(np.diag(v) - 1.0) > TOL
+        if diag.any():
+            i = int(np.flatnonzero(diag)[0])
+            raise AffinityError(
+                f"{source}: diagonal value {v[i, i]:g} at ({self.classes[i]}, {self.classes[i]}), "
+                "expected 1 (every class is identical to itself)"
+            )
         asym = np.abs(v - v.T) > TOL
         if asym.any():
             i, j = np.argwhere(asym)[0]
@@ -111,9 +118,20 @@ def read_affinity_csv(path: str | os.PathLike) -> AffinityMatrix:
     """Read and validate an affinity CSV in the anchor format."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise AffinityError(f"{path}: cannot read affinity CSV ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark (Excel's "CSV UTF-8") is not a class name
+    except UnicodeDecodeError as e:
+        utf16 = " (it looks like UTF-16: save it as UTF-8)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise AffinityError(
+            f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}){utf16}; expected a "
+            "CSV of class names and numbers"
+        ) from None
+    if "\x00" in text:
+        raise AffinityError(f"{path}: holds NUL bytes, so it is not a text CSV; expected class names "
+                            "and numbers")
     rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
     if not rows:
         raise AffinityError(f"{path}: empty affinity CSV, expected a header row of class names")
@@ -186,6 +204,12 @@ def medoid_index(stack: np.ndarray, metric: str = "fsc") -> int:
     if len(stack) <= 2:
         return 0
     return int(np.argmax(similarity_matrix(stack, metric=metric).sum(1)))
+
+
+def constant_error(where, cls: str, metric: str) -> AffinityError:
+    """The error for a constant object (``where``: its file, or a description) of class ``cls``."""
+    return AffinityError(f"{where}: every voxel has the same value (class {cls!r}), so the {metric} "
+                         "similarity is undefined; replace or remove it")
 
 
 def _prepare_task(X, rows: tuple[int, int], metric: str):
@@ -291,13 +315,26 @@ def sharded_values(objects: np.ndarray, metric: str = "fsc", align: int = 0,
 
 def compute_matrix(classes: Sequence[str], objects: np.ndarray, metric: str = "fsc",
                    align: int = 0, cache: bool = True, progress: bool = False,
-                   use_ray: bool = False, shards: int | None = None) -> AffinityMatrix:
+                   use_ray: bool = False, shards: int | None = None,
+                   sources: Sequence[str] | None = None) -> AffinityMatrix:
     """The affinity matrix over one object per class, cached by content hash.
 
     ``align`` > 0 takes the best similarity over that many rotations of the second
     object (see :func:`affvae.affinity.metrics.aligned_matrix`).  ``use_ray`` spreads
     the work over Ray tasks (:func:`sharded_values`); the result is the same.
+    ``sources`` (one per class: the file each object came from) name a constant
+    object in the error it raises.
     """
+    from affvae.affinity.metrics import ConstantObject
+
+    try:
+        return _compute_matrix(classes, objects, metric, align, cache, progress, use_ray, shards)
+    except ConstantObject as e:
+        where = sources[e.index] if sources is not None else f"the representative of class {classes[e.index]!r}"
+        raise constant_error(where, classes[e.index], metric) from None
+
+
+def _compute_matrix(classes, objects, metric, align, cache, progress, use_ray, shards) -> AffinityMatrix:
     from affvae.affinity.metrics import aligned_matrix, get_metric, rotation_set, similarity_matrix
 
     m = get_metric(metric)

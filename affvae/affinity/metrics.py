@@ -158,6 +158,14 @@ def fsc_compare(A: ShellSpectra, B: ShellSpectra, per_shell: bool = False) -> to
 # --------------------------------------------------------------- real-space metrics
 
 
+class ConstantObject(DataError):
+    """An object with every value equal, which a correlation cannot compare; ``index`` says which."""
+
+    def __init__(self, index: int, message: str):
+        super().__init__(message)
+        self.index = index
+
+
 @torch.no_grad()
 def standardise(X) -> torch.Tensor:
     """Each object flattened, to zero mean and unit (population) variance."""
@@ -166,7 +174,7 @@ def standardise(X) -> torch.Tensor:
     sd = X.pow(2).mean(1, keepdim=True).sqrt()
     if (sd == 0).any():
         bad = int((sd.squeeze(1) == 0).nonzero()[0, 0])
-        raise DataError(f"object {bad} is constant: a similarity needs some contrast")
+        raise ConstantObject(bad, f"object {bad} is constant: a similarity needs some contrast")
     return X / sd
 
 

@@ -50,8 +50,10 @@ def main(args: argparse.Namespace) -> int:
         from affvae.raysession import ensure_ray
 
         ensure_ray(args.address)
-    matrix = compute_matrix(classes, objects, args.metric, align=args.align,
-                            cache=not args.no_cache, progress=True, use_ray=args.ray, shards=args.shards)
+    # the file behind each representative (a template, or "medoid of N: FILE"), to name a bad one
+    files = [str(index.root / source[c].rsplit(": ", 1)[-1]) for c in classes]
+    matrix = compute_matrix(classes, objects, args.metric, align=args.align, cache=not args.no_cache,
+                            progress=True, use_ray=args.ray, shards=args.shards, sources=files)
     out = write_affinity_csv(matrix, args.out)
     params = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     params["representatives"] = source

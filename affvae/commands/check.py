@@ -1,9 +1,11 @@
 """Check a dataset folder in the anchor layout and summarise it.
 
 Reads every file, as training would, and fails with one line naming the file,
-class or value on: unreadable or truncated files, mixed shapes, NaN/Inf voxels,
-classes in classes.csv without files, and an affinity CSV that is not square, not
-symmetric, outside [-1, 1] or missing a class.
+class or value on: unreadable or truncated files, broken symbolic links, mixed
+shapes, NaN/Inf voxels, classes in classes.csv without files, an affinity CSV that
+is not UTF-8, not square, not symmetric, outside [-1, 1], without ones on the
+diagonal or missing a class, and the same file problems in a test/ sub-folder
+(whose items must have the shape of the folder's).
 
   affvae check data/ [--affinity data/affinity_fsc.csv] [--size 32]
 """
@@ -21,11 +23,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from affvae.data.io import has_test_folder, load_folder
+    from pathlib import Path
+
+    from affvae.data.io import TEST_FOLDER, has_test_folder, index_folder, load_folder
+    from affvae.errors import DataError
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     ds = load_folder(args.folder, size=args.size, classes=classes, affinity=args.affinity,
-                     progress=True)
+                     progress=True, test_folder=True)
     counts = {c: int((ds.labels == c).sum()) for c in sorted(set(ds.labels.tolist()))}
     unseen = [c for c in counts if c not in ds.classes]
     print(f"{ds.root}: {len(ds)} items of shape {'x'.join(map(str, ds.shape))} ({ds.ndim}D)")
@@ -36,5 +41,13 @@ def main(args: argparse.Namespace) -> int:
     print(f"  templates: {', '.join(sorted(ds.templates)) or 'none'}")
     print(f"  affinity: {'%dx%d' % (len(ds.affinity), len(ds.affinity)) if ds.affinity else 'none'}")
     if has_test_folder(args.folder):
-        print("  test/ subfolder present")
+        test = Path(args.folder) / TEST_FOLDER
+        try:
+            ti = index_folder(test, affinity=False)
+        except DataError:  # no data files: warned about while loading
+            pass
+        else:
+            tc = {c: int((ti.labels == c).sum()) for c in sorted(set(ti.labels.tolist()))}
+            print(f"  test/: {len(ti)} items ({', '.join(f'{c} {n}' for c, n in tc.items())}); evaluate them "
+                  f"with affvae evaluate RUN {test}")
     return 0

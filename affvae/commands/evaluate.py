@@ -4,7 +4,11 @@ Items are encoded, classified by the nearest class centre of the run's latent
 map, and scored against the class in their file names (classes the run never saw
 are evaluated as unseen: novelty AUROC and their nearest seen classes).  Writes
 predictions.csv (path,label,predicted,distance), metrics.json and figures/ into
---out (default RUN_DIR/eval_<folder name>).
+--out (default RUN_DIR/eval_<folder name>).  The results are written into a hidden
+folder beside --out and swapped in whole at the end, so an interrupted evaluation
+leaves the previous one untouched; --out must therefore be new, empty or an
+earlier evaluation, never the run's own folder.  Items of another shape are
+resized to the run's box, with a warning.
 
   affvae evaluate runs/tetra data/new_tetraminos
 """
@@ -17,7 +21,8 @@ import argparse
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory written by affvae train")
     p.add_argument("data", help="dataset folder in the anchor layout")
-    p.add_argument("--out", help="output folder (default RUN/eval_<data folder name>)")
+    p.add_argument("--out", help="output folder (default RUN/eval_<data folder name>); new, empty or an "
+                                 "earlier evaluation, which is replaced whole")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
 
 
@@ -27,28 +32,40 @@ def main(args: argparse.Namespace) -> int:
     import numpy as np
 
     from affvae.data.io import load_folder
-    from affvae.runs import evaluate_items, load_run, read_embeddings
+    from affvae.errors import DataError, warn
+    from affvae.provenance import atomic_dir
+    from affvae.runs import check_eval_out, evaluate_items, load_run, read_embeddings
     from affvae.transforms.imaging import normalise
 
-    cfg, model, lm, info = load_run(args.run)
-    data_dir = Path(args.data)
+    run, data_dir = Path(args.run), Path(args.data)
+    out = check_eval_out(Path(args.out) if args.out else run / f"eval_{data_dir.resolve().name}", run)
+    cfg, model, lm, info = load_run(run)
+    emb = read_embeddings(run / "embeddings.parquet")
+    mu_cols = [c for c in emb.columns if c.startswith("mu_")]
+    if len(mu_cols) != model.latent_dims:
+        raise DataError(f"{run / 'embeddings.parquet'}: {len(mu_cols)} mu_* columns, but the model has "
+                        f"{model.latent_dims} latent dimensions")
     shape = tuple(info["shape"])
     ds = load_folder(data_dir, affinity=False, progress=True)
     if ds.ndim != len(shape):
-        from affvae.errors import DataError
-
         raise DataError(f"{data_dir}: {ds.ndim}D items, but the run was trained on {len(shape)}D")
     if ds.shape != shape:
+        have, want = "x".join(map(str, ds.shape)), "x".join(map(str, shape))
+        if len(set(shape)) != 1:
+            raise DataError(f"{data_dir}: items of {have}, but the run was trained on {want}, which is not "
+                            "a square or cube to resize them to")
+        warn(f"{data_dir}: items of {have}, but the run was trained on {want}: resizing them to {want}")
         ds = load_folder(data_dir, affinity=False, size=shape[0])
     x = normalise(ds.x, cfg.data.normalise)
-    out = Path(args.out) if args.out else Path(args.run) / f"eval_{data_dir.resolve().name}"
-    emb = read_embeddings(Path(args.run) / "embeddings.parquet")
     train_rows = emb[emb["split"] == "train"]
-    mu_cols = [c for c in emb.columns if c.startswith("mu_")]
-    metrics = evaluate_items(model, lm, x, ds.labels, ds.paths, out, info["classes"],
-                             classifier=cfg.eval.classifier, train_mu=train_rows[mu_cols].to_numpy(np.float32),
-                             train_labels=train_rows["class"].to_numpy(str), embedding=cfg.eval.embedding,
-                             figures=not args.no_figures, seed=cfg.seed)
+    # written into a hidden folder beside --out and swapped in whole: an interrupted or
+    # failed evaluation leaves the previous one as it was
+    with atomic_dir(out, replace=True) as tmp:
+        metrics = evaluate_items(model, lm, x, ds.labels, ds.paths, tmp, info["classes"],
+                                 classifier=cfg.eval.classifier,
+                                 train_mu=train_rows[mu_cols].to_numpy(np.float32),
+                                 train_labels=train_rows["class"].to_numpy(str), embedding=cfg.eval.embedding,
+                                 figures=not args.no_figures, seed=cfg.seed)
     acc = metrics.get("accuracy")
     print(f"evaluated {len(ds)} items; seen-class accuracy "
           f"{'n/a' if acc is None else f'{acc:.3f}'}; results in {out}")

@@ -2,7 +2,9 @@
 
 Writes the anchor layout: <class>_<index>.mrc per item, template_<class>.mrc (the
 unrotated object), manifest.csv (file, class, pose, seed), classes.csv (the
-classes to train on: all but --unseen) and provenance.json.
+classes to train on: all but --unseen) and provenance.json.  The folder is built
+as a hidden .NAME.partial-* beside --out and renamed to --out when complete, so an
+interrupted run leaves no half-written dataset.
 
   affvae simulate alphanumeric --out glyphs --glyphs aebdpijzkxu2 --unseen 2
   affvae simulate tetramino --out tetra --fuse L+T --unseen LT --rotation uniform
@@ -18,6 +20,9 @@ from __future__ import annotations
 import argparse
 
 from affvae.errors import DataError
+
+#: The smallest box side: the one ``data.size`` accepts (see affvae.config).
+MIN_SIZE = 8
 
 
 def _fused(value: str) -> tuple[str, str]:
@@ -35,7 +40,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of poses (default 0)")
     p.add_argument("--unseen", default="", help="comma-separated classes to leave out of classes.csv")
     p.add_argument("--format", choices=["mrc", "npy"], default="mrc", help="file format (default mrc)")
-    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out folder (its old contents are removed once the new "
+                        "dataset is complete)")
     g = p.add_argument_group("alphanumeric")
     g.add_argument("--glyphs", default="aebdpijz2kxu",
                    help="glyphs to render, from a-z and 0-9 (default: the paper's aebdpijz2kxu)")
@@ -64,6 +71,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from affvae.data.simulate import AlphanumericSimulator, TetraminoSimulator, write_dataset
+
+    if args.size is not None and args.size < MIN_SIZE:
+        raise DataError(f"--size {args.size}: expected at least {MIN_SIZE} voxels per side (the smallest "
+                        "box data.size accepts for training)")
+    if args.n_per_class < 1:
+        raise DataError(f"-n {args.n_per_class}: expected at least 1 item per class")
+    if args.cube is not None and args.cube <= 0:
+        raise DataError(f"--cube {args.cube:g}: expected a positive cube edge in voxels")
+    if args.elongation <= 0:
+        raise DataError(f"--elongation {args.elongation:g}: expected a positive stretch factor")
 
     if args.kind == "proteins":
         from affvae.data.proteins import ProteinSimulator

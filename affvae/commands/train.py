@@ -13,6 +13,12 @@ classes are evaluated into metrics.json, predictions.csv and figures/.
 With --workers, training runs in Ray Train workers (DistributedDataParallel) on a
 local Ray or the cluster at --address / $RAY_ADDRESS; a failed worker restarts the
 group from the newest checkpoint, kept under RUN_DIR/ray.
+
+--resume continues from the newest good checkpoint in RUN_DIR/checkpoints (a damaged
+newer one is skipped, with a warning).  It refuses, before touching any file, a run
+folder without a checkpoint and a config of another model (model.* or the input
+shape); the run's config.yaml and results are written only after training succeeds.
+With no test items (data.test_fraction=0) the test evaluation is skipped, saying so.
 """
 
 from __future__ import annotations
@@ -43,34 +49,68 @@ def _log_epoch(m: dict, checkpoint) -> None:
           file=sys.stderr, flush=True)
 
 
+def _resume_point(out, cfg):
+    """The newest good checkpoint of the run ``out`` to resume from; refuses if there is none."""
+    from affvae.checkpoints import check_matches, checkpoint_files, newest_good_checkpoint
+    from affvae.errors import AffvaeError
+
+    if not out.is_dir():
+        raise AffvaeError(f"{out}: --resume needs an existing run folder, and there is none; "
+                          "drop --resume to start a new run")
+    ckpt = out / "checkpoints"
+    if not checkpoint_files(ckpt):
+        raise AffvaeError(f"{out}: no checkpoint to resume from (no {ckpt}/epoch_*.pt); "
+                          "drop --resume to start a new run, or use another --out")
+    path, state = newest_good_checkpoint(ckpt)
+    check_matches(state, path, config=cfg.to_dict())
+    return path, state
+
+
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from affvae.config import load_config, save_config
+    from affvae.checkpoints import check_matches, checkpoint_files
+    from affvae.config import load_config
     from affvae.data.sources import build_dataset
     from affvae.errors import AffvaeError
+    from affvae.model import build_model
     from affvae.runs import save_run
     from affvae.train import train
 
+    # flags first: nothing is read, started or written for a command that cannot run
+    if args.workers < 0:
+        raise AffvaeError(f"--workers {args.workers}: expected 0 (train in this process) or a number "
+                          "of Ray Train workers, at least 1")
+    if args.max_failures < 0:
+        raise AffvaeError(f"--max-failures {args.max_failures}: expected 0 or more")
+    if args.gpu and not args.workers:
+        raise AffvaeError("--gpu needs --workers N (a single process uses a GPU when train.device allows)")
+    if args.workers and args.resume:
+        raise AffvaeError("--resume with --workers: Ray Train resumes by itself after failures; "
+                          "rerun without --workers to continue from RUN_DIR/checkpoints")
     cfg = load_config(args.config, args.set)
     out = Path(args.out)
-    if (out / "model.pt").exists() and not args.resume:
+    if out.exists() and not out.is_dir():
+        raise AffvaeError(f"{out}: exists and is not a folder; --out names the run folder to write")
+    if args.resume:
+        # before any file of the run is touched: a checkpoint to resume from, of this model
+        resume_from, state = _resume_point(out, cfg)
+    elif (out / "model.pt").exists():
         raise AffvaeError(f"{out}: already holds a trained run; use --resume or another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    elif checkpoint_files(out / "checkpoints"):  # a fresh start would replace them one by one
+        raise AffvaeError(f"{out}: holds an unfinished run ({checkpoint_files(out / 'checkpoints')[-1]}); "
+                          "use --resume to continue it, or another --out")
     data = build_dataset(cfg, progress=True)
     print(f"data: {len(data)} items of {'x'.join(map(str, data.shape))}, train on "
           f"{', '.join(data.classes)}; unseen: "
           f"{', '.join(sorted(set(data.labels.tolist()) - set(data.classes))) or 'none'}")
-    if args.gpu and not args.workers:
-        raise AffvaeError("--gpu needs --workers N (a single process uses a GPU when train.device allows)")
+    if args.resume:
+        check_matches(state, resume_from, model=build_model(cfg, data.shape))
+        del state
     if args.workers:
         from affvae.distributed import train_distributed
         from affvae.raysession import ensure_ray
 
-        if args.resume:
-            raise AffvaeError("--resume with --workers: Ray Train resumes by itself after failures; "
-                              "rerun without --workers to continue from RUN_DIR/checkpoints")
         if args.address:
             ensure_ray(args.address)
         result = train_distributed(cfg, data, workers=args.workers, use_gpu=args.gpu,
@@ -83,6 +123,7 @@ def main(args: argparse.Namespace) -> int:
         result = train(cfg, data, resolve_affinity(cfg, data), batches, checkpoint_dir=out / "checkpoints",
                        resume=args.resume, progress=sys.stderr.isatty(),
                        report=None if sys.stderr.isatty() else _log_epoch)
+    # config.yaml, model.pt and the rest are (re)written only now that training succeeded
     metrics = save_run(result, data, out)
     acc = metrics.get("accuracy")
     line = f"trained {result.epochs_done} epochs in {result.seconds:.0f} s; test accuracy {acc:.3f}" \

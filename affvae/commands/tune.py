@@ -89,8 +89,14 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from affvae.config import build_config, load_config
+    from affvae.errors import ConfigError
     from affvae.tune import StudySpec, print_summary, run_study
 
+    for flag, value, least in (("--workers", args.workers, 1), ("--num-samples", args.num_samples, 1),
+                               ("--max-concurrent", args.max_concurrent, 0),
+                               ("--max-failures", args.max_failures, 0), ("--grace-period", args.grace_period, 1)):
+        if value < least:  # before Ray starts
+            raise ConfigError(f"{flag} {value}: expected at least {least}")
     base = load_config(args.config, args.set).to_dict()
     base["train"]["checkpoint_every"] = 1
     space = build_space(args)

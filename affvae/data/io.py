@@ -23,7 +23,11 @@ of any other type (csv, json, png, ...) are ignored.
 Files named ``template_<class>.<ext>`` are class templates (used to compute the
 affinity matrix), never data items; a class called ``template`` therefore cannot
 exist.  The ``test/`` sub-folder is never mixed into the training items: read it
-with ``load_folder(root / "test")`` when :func:`has_test_folder` says it exists.
+with ``load_folder(root / "test")`` when :func:`has_test_folder` says it exists;
+``load_folder(root, test_folder=True)`` also validates it (readable files of the
+items' shape), as ``affvae check`` and ``affvae train`` do.  A data file name that is
+a broken symbolic link is an error, not a file to skip: it is an item whose data
+are missing (an unmounted disk, a moved folder).
 
 ``classes.csv`` restricts training to some classes.  Items of the other classes
 are still read and returned, flagged by :attr:`Dataset.seen` being ``False``,
@@ -53,12 +57,13 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from affvae.affinity.matrix import AffinityMatrix, read_affinity_csv
-from affvae.errors import AffinityError, DataError
-from affvae.volumes import DATA_SUFFIXES, read_volume, reason, shape_str
+from affvae.errors import AffinityError, DataError, reason, warn
+from affvae.volumes import DATA_SUFFIXES, read_volume, shape_str
 
 __all__ = [
     "DATA_SUFFIXES",
     "Dataset",
+    "check_test_folder",
     "FolderIndex",
     "has_test_folder",
     "index_folder",
@@ -116,6 +121,42 @@ def has_test_folder(root: str | os.PathLike) -> bool:
 
 def _is_data_file(p: Path) -> bool:
     return not p.name.startswith(".") and p.suffix.lower() in DATA_SUFFIXES and p.is_file()
+
+
+def _refuse_broken_link(p: Path) -> None:
+    """A data file name that is a dangling symbolic link is a missing item, not noise."""
+    if p.name.startswith(".") or p.suffix.lower() not in DATA_SUFFIXES or not p.is_symlink() or p.exists():
+        return
+    try:
+        target = os.readlink(p)
+    except OSError:
+        target = "?"
+    raise DataError(f"{p}: broken symbolic link (to {target}, which does not exist); restore its "
+                    "target or remove the link")
+
+
+def check_test_folder(root: str | os.PathLike, shape: Sequence[int]) -> FolderIndex | None:
+    """Validate ``root/test`` like its parent: every file readable, all of ``shape``.
+
+    Returns the test folder's index (``None`` when there is no ``test/``, or it has
+    no data files, which is warned about).  Raises :class:`DataError` naming the
+    first bad file.
+    """
+    test = Path(root) / TEST_FOLDER
+    if not test.is_dir():
+        return None
+    if not any(p.suffix.lower() in DATA_SUFFIXES and not p.name.startswith(".") for p in test.iterdir()):
+        warn(f"{test}: no data files; the test folder is ignored")
+        return None
+    index = index_folder(test, affinity=False)
+    for rel in index.paths:
+        arr = read_volume(test / rel)
+        if arr.shape != tuple(shape):
+            raise DataError(
+                f"{test / rel}: shape {shape_str(arr.shape)} differs from {shape_str(shape)} of the "
+                f"items in {Path(root)}, expected test items of the same shape"
+            )
+    return index
 
 
 def _read_classes_csv(path: Path) -> list[str]:
@@ -182,6 +223,7 @@ def index_folder(
     templates: dict[str, str] = {}
     for p in sorted(root.iterdir(), key=lambda q: q.name):
         if not _is_data_file(p):
+            _refuse_broken_link(p)
             continue
         name = p.name
         if name.startswith(TEMPLATE_PREFIX):
@@ -335,6 +377,7 @@ def load_folder(
     classes: Sequence[str] | None = None,
     affinity: str | os.PathLike | AffinityMatrix | None = None,
     progress: bool = False,
+    test_folder: bool = False,
 ) -> Dataset:
     """Read every object (and template) of a folder in the anchor layout.
 
@@ -342,6 +385,8 @@ def load_folder(
     arguments and checks), reads each file with :func:`read_volume`, checks all
     items and templates share one shape, and with ``size`` resizes them (in
     batches) to a square/cubic box of that side.  ``progress`` shows a tqdm bar.
+    ``test_folder`` also validates a ``test/`` sub-folder (:func:`check_test_folder`:
+    readable files of the items' shape), without keeping its items.
     """
     if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer))
                              or size < 2):
@@ -361,6 +406,8 @@ def load_folder(
                 f"{shape_str(x.shape[1:])} (e.g. {first})"
             )
         templates[cls] = t
+    if test_folder:
+        check_test_folder(root, x.shape[1:])
 
     if size is not None:
         x = _resize(x, int(size))

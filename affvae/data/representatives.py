@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from affvae.affinity.matrix import medoid_index
+from affvae.affinity.matrix import constant_error, medoid_index
+from affvae.affinity.metrics import ConstantObject
 from affvae.errors import AffinityError
 from affvae.transforms.augment import resize_to_box
 from affvae.volumes import read_volume
@@ -41,7 +42,10 @@ def class_representatives(index, metric: str = "fsc", max_members: int = MAX_MEM
             continue
         members = [p for p, lab in zip(index.paths, index.labels) if lab == c][:max_members]
         stack = np.stack([read_volume(index.root / p) for p in members])
-        k = medoid_index(stack, metric)
+        try:
+            k = medoid_index(stack, metric)
+        except ConstantObject as e:
+            raise constant_error(index.root / members[e.index], c, metric) from None
         objs.append(stack[k])
         source[c] = f"medoid of {len(members)}: {members[k]}"
     shapes = {o.shape for o in objs}

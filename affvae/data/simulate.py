@@ -257,18 +257,21 @@ def write_dataset(sim: Simulator, out: str | os.PathLike, n_per_class: int, seed
     Writes ``<class>_<index>.<ext>`` per item, ``template_<class>.<ext>`` (the unrotated
     object), ``manifest.csv`` (file, class, pose, seed), ``classes.csv`` (the classes to
     train on: all but ``unseen``) and ``provenance.json``.  Refuses a non-empty folder
-    unless ``overwrite``; every file is written atomically.
+    unless ``overwrite``, which replaces it.  Everything is written into a hidden
+    sibling ``.<name>.partial-…`` that is renamed to ``out`` only when complete, so an
+    interrupted run leaves no folder that looks like a dataset (and a folder it
+    replaces stays as it was).
     """
     from tqdm import tqdm
 
-    from affvae.provenance import atomic_write, write_provenance
+    from affvae.provenance import atomic_dir, atomic_write, write_provenance
     from affvae.volumes import write_volume
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"{out}: folder is not empty (use --overwrite to write into it)")
+        raise DataError(f"{out}: folder is not empty (use --overwrite to replace it)")
     if ext not in (".mrc", ".npy"):
         raise DataError(f"extension {ext!r}: expected .mrc or .npy")
     if n_per_class < 1:
@@ -278,28 +281,28 @@ def write_dataset(sim: Simulator, out: str | os.PathLike, n_per_class: int, seed
     missing_unseen = [u for u in unseen if u not in classes]
     if missing_unseen:
         raise DataError(f"unseen class {missing_unseen[0]!r} is not among the generated classes")
-    out.mkdir(parents=True, exist_ok=True)
 
     specs = sim.specs(n_per_class, seed=seed, classes=classes)
     width = max(5, len(str(len(specs))))
     names = [f"{sp.cls}_{i:0{width}d}{ext}" for i, sp in enumerate(specs)]
-    bar = tqdm(total=len(specs), desc=f"render {out.name}", unit="item", disable=None if progress else True)
-    for start in range(0, len(specs), batch_size):
-        chunk = specs[start:start + batch_size]
-        for name, arr in zip(names[start:start + batch_size], sim.render_specs(chunk)):
-            write_volume(out / name, arr)
-        bar.update(len(chunk))
-    bar.close()
-    for c in classes:
-        write_volume(out / f"template_{c}{ext}", sim.template(c))
+    with atomic_dir(out, replace=overwrite) as tmp:
+        bar = tqdm(total=len(specs), desc=f"render {out.name}", unit="item", disable=None if progress else True)
+        for start in range(0, len(specs), batch_size):
+            chunk = specs[start:start + batch_size]
+            for name, arr in zip(names[start:start + batch_size], sim.render_specs(chunk)):
+                write_volume(tmp / name, arr)
+            bar.update(len(chunk))
+        bar.close()
+        for c in classes:
+            write_volume(tmp / f"template_{c}{ext}", sim.template(c))
 
-    pose_cols = ["angle"] if sim.ndim == 2 else ["rot", "tilt", "psi"]
-    with atomic_write(out / "manifest.csv") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["file", "class", *pose_cols, "seed"])
-        for name, sp in zip(names, specs):
-            w.writerow([name, sp.cls, *(f"{a:.6g}" for a in sp.pose), sp.seed])
-    with atomic_write(out / "classes.csv") as fh:
-        fh.write(",".join(c for c in classes if c not in unseen) + "\n")
-    write_provenance(out, params=params or {}, seed=seed)
+        pose_cols = ["angle"] if sim.ndim == 2 else ["rot", "tilt", "psi"]
+        with atomic_write(tmp / "manifest.csv") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(["file", "class", *pose_cols, "seed"])
+            for name, sp in zip(names, specs):
+                w.writerow([name, sp.cls, *(f"{a:.6g}" for a in sp.pose), sp.seed])
+        with atomic_write(tmp / "classes.csv") as fh:
+            fh.write(",".join(c for c in classes if c not in unseen) + "\n")
+        write_provenance(tmp, params=params or {}, seed=seed)
     return out

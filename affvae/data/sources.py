@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from affvae.affinity.matrix import AffinityMatrix, compute_matrix, medoid_index, read_affinity_csv
+from affvae.affinity.matrix import (
+    AffinityMatrix,
+    compute_matrix,
+    constant_error,
+    medoid_index,
+    read_affinity_csv,
+)
+from affvae.affinity.metrics import ConstantObject
 from affvae.data.io import Dataset, load_folder
 from affvae.errors import ConfigError, DataError
 from affvae.transforms.imaging import apply_effects, normalise
@@ -59,7 +66,8 @@ def build_dataset(cfg, progress: bool = False) -> Dataset:
     d = cfg.data
     if d.source in ("folder", "star"):
         if d.source == "folder":
-            ds = load_folder(d.path, size=d.size, classes=d.classes, affinity=d.affinity, progress=progress)
+            ds = load_folder(d.path, size=d.size, classes=d.classes, affinity=d.affinity, progress=progress,
+                             test_folder=True)
         else:
             from affvae.data.star import load_star
 
@@ -105,14 +113,28 @@ def resolve_affinity(cfg, ds: Dataset) -> AffinityMatrix | None:
         return read_affinity_csv(cfg.data.affinity).subset(ds.classes, cfg.data.affinity)
     if ds.affinity is not None:
         return ds.affinity.subset(ds.classes)
-    reps = []
+    reps, sources = [], []
+    metric = cfg.data.affinity_metric
     for c in ds.classes:
         if c in ds.templates:
             reps.append(ds.templates[c])
+            sources.append(f"the template of class {c!r} in {ds.root}")
             continue
-        members = ds.x[ds.labels == c][:32]
-        if len(members) == 0:
+        idx = np.flatnonzero(ds.labels == c)[:32]
+        if len(idx) == 0:
             raise DataError(f"class {c!r} has no items to estimate an affinity from")
-        reps.append(members[medoid_index(members, cfg.data.affinity_metric)])
-    return compute_matrix(ds.classes, np.stack(reps), cfg.data.affinity_metric,
-                          align=cfg.data.affinity_align)
+        try:
+            k = medoid_index(ds.x[idx], metric)
+        except ConstantObject as e:
+            raise constant_error(_item_name(ds, idx[e.index]), c, metric) from None
+        reps.append(ds.x[idx[k]])
+        sources.append(_item_name(ds, idx[k]))
+    return compute_matrix(ds.classes, np.stack(reps), metric, align=cfg.data.affinity_align,
+                          sources=sources)
+
+
+def _item_name(ds: Dataset, i: int) -> str:
+    """Item ``i`` as a user knows it: its file in a folder, else its simulated name."""
+    from pathlib import Path
+
+    return str(Path(ds.root) / ds.paths[i]) if isinstance(ds.root, Path) else f"{ds.root} item {ds.paths[i]}"

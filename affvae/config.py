@@ -91,7 +91,15 @@ class DataConfig(_Section):
     #: affinity CSV; if unset, the folder's affinity*.csv, else computed with ``affinity_metric``
     affinity: str | None = None
     affinity_metric: str = "fsc"
-    affinity_align: int = Field(default=0, ge=0)
+    #: rotational alignment of the templates before comparing them: "auto" (the default)
+    #: searches SO(3) coarse to fine for 3D templates, which come in arbitrary frames, and
+    #: compares 2D ones (upright glyphs) as they lie; "refine" searches for 2D too; 0
+    #: compares as they lie; a number N takes the best of N fixed rotations
+    affinity_align: int | Literal["auto", "refine"] = "auto"
+    #: stretch the affinity's off-diagonal linearly onto [lo, hi] (the least similar pair of
+    #: classes to lo, the most similar to hi), e.g. [-1, 0] as the reference implementation's
+    #: matrices; null keeps the values as computed or read
+    affinity_range: tuple[float, float] | None = None
     val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
 
@@ -106,6 +114,13 @@ class DataConfig(_Section):
                              "(its items are rendered or read once, in memory)")
         if self.augment == "octahedral" and self.source == "alphanumeric":
             raise ValueError("data.augment: octahedral is for 3D volumes, not 2D glyphs")
+        if self.affinity_range is not None:
+            lo, hi = self.affinity_range
+            if not -1.0 <= lo < hi < 1.0:
+                raise ValueError(f"data.affinity_range: {[lo, hi]}: expected -1 <= lo < hi < 1")
+        if isinstance(self.affinity_align, int) and self.affinity_align < 0:
+            raise ValueError(f"data.affinity_align: {self.affinity_align} rotations: expected 0 or more, "
+                             "auto or refine")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction must leave at least 10% to train")
         return self
@@ -151,6 +166,9 @@ class LossConfig(_Section):
     #: weight, inside S, of each item's pairs with fixed class anchors whose cosines
     #: realise A (0: the paper's S over the batch's pairs only)
     anchors: float = Field(default=0.0, ge=0.0)
+    #: how S weighs its pairs: "uniform" (every pair alike, the paper's S) or "balanced"
+    #: (pairs of one class and pairs of two classes as two equal halves)
+    pairs: Literal["uniform", "balanced"] = "uniform"
 
 
 class TrainConfig(_Section):
@@ -176,6 +194,16 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     classifier: Literal["nearest", "mlp"] = "nearest"
+    #: the latent map's geometry: nearest centre by Euclidean distance of mu, or by the
+    #: cosine of mu and the class's mean direction (what the affinity term shapes)
+    distance: Literal["euclidean", "cosine"] = "euclidean"
+    #: training items whose mu (eval mode) give the per-epoch latent map behind
+    #: val_accuracy: all of the training split up to this many, else a fixed stratified
+    #: subset of this size
+    map_items: int = Field(default=4096, ge=1)
+    #: score how well the decoded class centres identify their classes (metrics.json:
+    #: decoded_identification; a rotational alignment per centre and class)
+    decoded_identification: bool = True
     embedding: Literal["auto", "umap", "tsne", "pca"] = "auto"
     figures: bool = True
 

@@ -140,9 +140,8 @@ def proximity_matrix(latent_map: LatentMap) -> np.ndarray:
     comparable, as in the affinity-VAE paper's Fig. 8.  All zeros if there is a
     single class (or all centres coincide).
     """
-    from scipy.spatial.distance import cdist
-
-    d = cdist(latent_map.centres, latent_map.centres)
+    d = np.clip(latent_map.distances(latent_map.centres), 0.0, None)
+    np.fill_diagonal(d, 0.0)
     top = d.max() if d.size else 0.0
     return 100.0 * d / top if top > 0 else np.zeros_like(d)
 
@@ -206,6 +205,36 @@ def nearest_seen_classes(latent_map: LatentMap, mu, labels, unseen_class: str, k
         d = -(centres @ mean[0]) / np.maximum(norms, 1e-12)
     order = np.argsort(d, kind="stable")[:k]
     return [latent_map.classes[i] for i in order]
+
+
+# -- the decoder ----------------------------------------------------------------------------
+
+def decoded_identification(decoded: np.ndarray, references: np.ndarray, classes: Sequence[str],
+                           metric: str = "fsc", align: bool = True) -> dict[str, Any]:
+    """Does the decoder use z?  Each class's decoded centre against every class's reference.
+
+    ``decoded[i]`` is the decoder's output at class i's centre, ``references[i]`` class
+    i's template (or medoid).  A class is identified when its decoded centre is more
+    similar to its own reference than to any other's, after rotational alignment (the
+    pose head may decode it in any orientation; a cheaper search than the affinity
+    matrix's, since only the best match matters).  A decoder that ignores z decodes
+    one blob for every class and identifies about one class in C.
+    """
+    from affvae.affinity.align import aligned_cross
+    from affvae.affinity.metrics import similarity_matrix
+
+    classes = [str(c) for c in classes]
+    if align:
+        sims = aligned_cross(decoded, references, metric, coarse=200, steps=(10.0, 5.0), rounds=1)
+    else:
+        sims = similarity_matrix(decoded, references, metric=metric)
+    best = sims.argmax(1)
+    hit = best == np.arange(len(classes))
+    return {
+        "decoded_identification": float(hit.mean()) if len(classes) else math.nan,
+        "decoded_best_reference": {c: classes[b] for c, b in zip(classes, best)},
+        "decoded_own_similarity": {c: float(sims[i, i]) for i, c in enumerate(classes)},
+    }
 
 
 # -- novelty ------------------------------------------------------------------------------

@@ -7,7 +7,13 @@ widely they scatter around it (the *spread*).  That is all a trained model needs
 to classify new objects -- the affinity matrix is not needed any more:
 
 * **Classification** follows the affinity-VAE paper's rule: an object belongs to
-  the class whose centre is nearest (Euclidean distance in latent space).
+  the class whose centre is nearest.  "Nearest" is measured in one of two
+  geometries (:data:`METRICS`): ``euclidean``, the paper's distance between mu and
+  the centre; or ``cosine``, ``1 - cos(mu, centre)`` with the centre the mean
+  direction of the class's unit vectors.  The affinity term of the loss shapes
+  only the directions of mu (it compares cosines), so the cosine geometry is the
+  one it builds; the Euclidean one also depends on lengths, which the KL term
+  shrinks and nothing aligns.
 * **Novelty**: an object of a class never seen in training still lands
   *somewhere*, and the nearest-centre rule will name a seen class for it.  What
   gives it away is that it lies far from every centre compared with how far the
@@ -25,7 +31,8 @@ infinite, so its spread is replaced by the median spread of the other classes
 
 On disk the map is a Parquet table, one row per class, with the columns
 ``class`` (string), ``n`` (int64), ``spread`` (float64) and ``centre``
-(list<float64>, the centre vector), written atomically.
+(list<float64>, the centre vector), written atomically; the geometry is the
+table's metadata key ``affvae.metric`` (a map without it is Euclidean).
 """
 
 from __future__ import annotations
@@ -44,6 +51,17 @@ from affvae.provenance import atomic_save
 
 #: The Parquet columns, in order.
 COLUMNS = ("class", "n", "spread", "centre")
+#: The geometries a map can measure "nearest" in.
+METRICS = ("euclidean", "cosine")
+#: Parquet metadata key of the geometry.
+METRIC_KEY = b"affvae.metric"
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero: it has no direction)."""
+    x = np.asarray(x, dtype=np.float64)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
 def _as_points(mu, dim: int | None = None, what: str = "mu") -> np.ndarray:
@@ -82,8 +100,11 @@ class LatentMap:
     centres: np.ndarray
     counts: np.ndarray
     spread: np.ndarray
+    metric: str = "euclidean"
 
     def __post_init__(self):
+        if self.metric not in METRICS:
+            raise DataError(f"latent map metric {self.metric!r}: expected one of {', '.join(METRICS)}")
         self.classes = [str(c) for c in self.classes]
         self.centres = np.asarray(self.centres, dtype=np.float64)
         self.counts = np.asarray(self.counts, dtype=np.int64).reshape(-1)
@@ -100,13 +121,15 @@ class LatentMap:
 
     # -- construction ---------------------------------------------------------------
     @classmethod
-    def fit(cls, mu, labels, classes: Sequence[str] | None = None) -> "LatentMap":
+    def fit(cls, mu, labels, classes: Sequence[str] | None = None, metric: str = "euclidean") -> "LatentMap":
         """Centres, counts and spreads of ``mu`` (N, D) grouped by ``labels`` (N,).
 
         ``classes`` fixes the order of the classes (default: sorted unique labels,
         ignoring unknown ``""`` labels).  Objects whose label is not listed are
         ignored, so a map of the seen classes can be fitted on mixed data.  A
-        listed class without any member is an error.
+        listed class without any member is an error.  With ``metric="cosine"`` each
+        centre is the unit mean direction of the class's unit vectors and the spread
+        is measured in cosine distance.
         """
         mu = _as_points(mu)
         labels = as_labels(labels)
@@ -127,12 +150,18 @@ class LatentMap:
         empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
         if empty:
             raise DataError(f"class(es) {', '.join(map(repr, empty))} have no member in the data")
+        if metric == "cosine":
+            pts = unit_rows(pts)
         sums = np.zeros((n_cls, dim))
         np.add.at(sums, idx, pts)
         centres = sums / counts[:, None]
-        sq = np.bincount(idx, weights=((pts - centres[idx]) ** 2).sum(axis=1), minlength=n_cls)
-        spread = _floor_spread(np.sqrt(sq / counts))
-        return cls(classes, centres, counts, spread)
+        if metric == "cosine":
+            centres = unit_rows(centres)
+            d = 1.0 - (pts * centres[idx]).sum(axis=1)
+        else:
+            d = np.sqrt(((pts - centres[idx]) ** 2).sum(axis=1))
+        spread = _floor_spread(np.sqrt(np.bincount(idx, weights=d ** 2, minlength=n_cls) / counts))
+        return cls(classes, centres, counts, spread, metric)
 
     # -- queries --------------------------------------------------------------------
     @property
@@ -143,8 +172,11 @@ class LatentMap:
         return len(self.classes)
 
     def distances(self, mu) -> np.ndarray:
-        """Euclidean distance of every object to every centre, (N, C)."""
-        return cdist(_as_points(mu, self.dim), self.centres)
+        """Distance of every object to every centre in the map's geometry, (N, C)."""
+        pts = _as_points(mu, self.dim)
+        if self.metric == "cosine":
+            return 1.0 - unit_rows(pts) @ self.centres.T
+        return cdist(pts, self.centres)
 
     def nearest(self, mu) -> tuple[np.ndarray, np.ndarray]:
         """The nearest centre of every object (row index into the map) and the distance to it.
@@ -184,7 +216,7 @@ class LatentMap:
             [pa.array(self.classes, pa.string()), pa.array(self.counts, pa.int64()),
              pa.array(self.spread, pa.float64()), centre],
             names=list(COLUMNS),
-        )
+        ).replace_schema_metadata({METRIC_KEY: self.metric.encode()})
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the map as Parquet (atomically: a failed write keeps the old file)."""
@@ -233,7 +265,9 @@ class LatentMap:
             classes = [str(c) for c in table.column("class").to_pylist()]
             counts = table.column("n").to_numpy().astype(np.int64)
             spread = table.column("spread").to_numpy().astype(np.float64)
-            return cls(classes, centres, counts, spread)
+            meta = table.schema.metadata or {}
+            metric = meta.get(METRIC_KEY, b"euclidean").decode()
+            return cls(classes, centres, counts, spread, metric)
         except (TypeError, ValueError, pa.ArrowException) as exc:
             raise DataError(f"latent map file {path} is malformed: {exc}") from None
         except DataError as exc:

@@ -67,12 +67,20 @@ def class_anchors(affinity: torch.Tensor, dims: int) -> torch.Tensor:
 
 def affinity_loss(latent: torch.Tensor, class_idx: torch.Tensor, affinity: torch.Tensor,
                   convention: str = "reference", anchors: torch.Tensor | None = None,
-                  anchor_weight: float = 0.0) -> torch.Tensor:
+                  anchor_weight: float = 0.0, pairs: str = "uniform") -> torch.Tensor:
     """S = sum |A[c_i, c_j] - cos(z_i, z_j)| over the pairs of a batch.
 
     ``latent`` (N, D), ``class_idx`` (N,) rows of ``affinity`` (C, C).  ``reference``:
     mean over the N(N-1)/2 pairs i < j; ``formula``: sum over all N^2 ordered pairs
     divided by N (the diagonal contributes |1 - 1| = 0).
+
+    ``pairs="balanced"`` weighs the pairs of one class (whose target is 1) and the
+    pairs of two classes as two halves, each half the mean over its pairs, instead of
+    every pair alike ("uniform", the paper's S).  With C classes in a batch only
+    about 1/C of the pairs share a class, so under uniform weights the few pulls
+    that gather a class are outvoted by the many pushes between classes, which any
+    scatter that keeps the classes' directions apart also satisfies.  Balanced
+    weights have the same scale as the uniform mean (both average |A - cos|).
 
     With ``anchors`` (C, D, see :func:`class_anchors`) and ``anchor_weight`` > 0 the
     pairs of each item with every class anchor are added, weighted by
@@ -88,15 +96,33 @@ def affinity_loss(latent: torch.Tensor, class_idx: torch.Tensor, affinity: torch
         cos = unit @ unit.T
         target = affinity[class_idx][:, class_idx]
         diff = (target - cos).abs()
-        if convention == "reference":
+        if pairs == "balanced":
+            s = _balanced_mean(diff, class_idx)
+        elif convention == "reference":
             iu = torch.triu_indices(n, n, offset=1, device=latent.device)
             s = diff[iu[0], iu[1]].mean()
         else:
             s = diff.sum() / n
     if anchors is not None and anchor_weight > 0 and n >= 1:
         diff_a = (affinity[class_idx] - unit @ anchors.float().T).abs()
-        s = s + anchor_weight * (diff_a.mean() if convention == "reference" else diff_a.sum() / n)
+        if pairs == "balanced":  # the own anchor as one half, the other classes' as the other
+            own = torch.zeros_like(diff_a, dtype=torch.bool)
+            own[torch.arange(n, device=diff_a.device), class_idx] = True
+            parts = [diff_a[m].mean() for m in (own, ~own) if m.any()]
+            s = s + anchor_weight * torch.stack(parts).mean()
+        else:
+            s = s + anchor_weight * (diff_a.mean() if convention == "reference" else diff_a.sum() / n)
     return s
+
+
+def _balanced_mean(diff: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
+    """Half the mean over same-class pairs i < j plus half the mean over the others."""
+    n = diff.shape[0]
+    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=diff.device), diagonal=1)
+    same = (class_idx[:, None] == class_idx[None, :]) & upper
+    other = upper & ~same
+    parts = [diff[m].mean() for m in (same, other) if m.any()]
+    return torch.stack(parts).mean()
 
 
 def schedule_value(schedule, base: float, epoch: int, epochs: int) -> float:
@@ -124,7 +150,7 @@ def schedule_value(schedule, base: float, epoch: int, epochs: int) -> float:
 
 def loss_terms(x, y, mu, logvar, z, class_idx, affinity, *, beta: float, gamma: float,
                recon: str = "mse", convention: str = "reference", anchors=None,
-               anchor_weight: float = 0.0):
+               anchor_weight: float = 0.0, pairs: str = "uniform"):
     """All terms for one batch: returns ``(total, terms)`` with unweighted terms.
 
     The affinity term is skipped (zero) when ``gamma`` is 0 or there is no matrix,
@@ -134,7 +160,7 @@ def loss_terms(x, y, mu, logvar, z, class_idx, affinity, *, beta: float, gamma: 
     k = kl_divergence(mu, logvar, convention)
     if gamma > 0 and affinity is not None:
         a = affinity_loss(mu if convention == "reference" else z, class_idx, affinity, convention,
-                          anchors, anchor_weight)
+                          anchors, anchor_weight, pairs)
     else:
         a = r.new_zeros(())
     total = r + beta * k + gamma * a

@@ -191,3 +191,90 @@ def plot_proximity(prox, classes, path, title: str = "centre proximity") -> Path
     """Distances between class centres on the 0-100 scale (0 = same place)."""
     return plot_matrix(prox, list(classes), path, title=title, vmin=0.0, vmax=100.0,
                        cmap="RdBu_r", fmt=".0f", colorbar_label="centre distance (0-100)")
+
+
+def plot_parallel_coordinates(table, keys, metric: str, path, title: str = "") -> Path:
+    """One line per trial across the searched keys, ending at ``metric``; coloured by it.
+
+    ``table`` is a pandas DataFrame with a column per key and ``metric``.  Numeric
+    keys get a log axis when their values span more than a factor of 20 (learning
+    rates, betas), categorical ones an evenly spaced axis; trials without the
+    metric (failed) are drawn grey and dashed.
+    """
+    import pandas as pd
+
+    plt = _pyplot()
+    axes_vals, ticks = [], []
+    for key in keys:
+        col = table[key]
+        num = pd.to_numeric(col, errors="coerce")
+        if num.notna().all() and len(num):
+            v = num.to_numpy(float)
+            logged = v.min() > 0 and v.max() / v.min() > 20
+            v = np.log10(v) if logged else v
+            uniq = sorted(set(num.tolist()))
+            pos = np.log10(uniq) if logged else np.asarray(uniq, float)
+            ticks.append((pos, [f"{u:g}" for u in uniq]))
+        else:
+            cats = list(dict.fromkeys(col.astype(str)))
+            v = np.array([cats.index(s) for s in col.astype(str)], float)
+            ticks.append((np.arange(len(cats), dtype=float), cats))
+        axes_vals.append(v)
+    score = pd.to_numeric(table[metric], errors="coerce").to_numpy(float)
+    lo, hi = (np.nanmin(score), np.nanmax(score)) if np.isfinite(score).any() else (0.0, 1.0)
+    norm = plt.Normalize(lo, hi if hi > lo else lo + 1e-9)
+    cmap = plt.get_cmap("viridis")
+    fig, ax = plt.subplots(figsize=(1.8 * (len(keys) + 1) + 2, 4.5))
+    scaled = []
+    for v, (pos, _) in zip(axes_vals, ticks):
+        a, b = float(np.min(pos)), float(np.max(pos))
+        scaled.append((v - a) / (b - a) if b > a else np.full_like(v, 0.5))
+    last = (score - norm.vmin) / (norm.vmax - norm.vmin)
+    xs = np.arange(len(keys) + 1)
+    for i in np.argsort(np.nan_to_num(score, nan=-np.inf)):
+        ys = [s[i] for s in scaled] + [last[i] if np.isfinite(score[i]) else 0.0]
+        if np.isfinite(score[i]):
+            ax.plot(xs, ys, color=cmap(norm(score[i])), lw=2, alpha=0.85)
+        else:
+            ax.plot(xs, ys, color="0.6", lw=1, ls="--")
+    for x, (pos, labels) in enumerate(ticks):
+        a, b = float(np.min(pos)), float(np.max(pos))
+        for p, lab in zip(pos, labels):
+            y = (p - a) / (b - a) if b > a else 0.5
+            ax.annotate(lab, (x, y), xytext=(-4, 0), textcoords="offset points", ha="right", va="center",
+                        fontsize=8)
+    for p in np.linspace(0, 1, 5):
+        ax.annotate(f"{norm.vmin + p * (norm.vmax - norm.vmin):.3g}", (len(keys), p), xytext=(4, 0),
+                    textcoords="offset points", ha="left", va="center", fontsize=8)
+    for x in xs:
+        ax.axvline(x, color="black", lw=0.8)
+    ax.set_xticks(xs, [k.split(".")[-1] for k in keys] + [metric])
+    ax.set_yticks([])
+    ax.set_xlim(-0.5, len(keys) + 0.5)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.04, pad=0.08, label=metric)
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def plot_curves(curves: dict, path, ylabel: str = "validation accuracy", xlabel: str = "epoch",
+                title: str = "", highlight: str | None = None) -> Path:
+    """Lines of (x, y) per named run on one axis, e.g. validation accuracy per epoch of every trial.
+
+    ``curves[name] = (x, y)``; ``highlight`` names one to draw thick and black (the best).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    cmap = plt.get_cmap("tab20" if len(curves) > 10 else "tab10")
+    for i, (name, (x, y)) in enumerate(curves.items()):
+        best = name == highlight
+        ax.plot(x, y, color="black" if best else cmap(i % cmap.N), lw=2.6 if best else 1.2,
+                alpha=1.0 if best else 0.8, label=f"{name} (best)" if best else name, zorder=3 if best else 2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(curves) <= 30:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)

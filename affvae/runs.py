@@ -11,7 +11,7 @@ A run directory holds::
     latent_map.parquet   class, n, spread, centre (from the training split's mu)
     embeddings.parquet   path, class, split, mu_*, pose_* (and the true pose if known)
     metrics.json         evaluation of the test split and the unseen classes
-    predictions.csv      path,label,predicted,distance
+    predictions.csv      path,label,predicted,distance,novelty
     figures/             embedding, confusion, proximity, traversal, interpolation, pose sweep
     checkpoints/         the newest training checkpoints
 
@@ -131,9 +131,9 @@ def evaluate_items(model, latent_map: LatentMap, x: np.ndarray, labels: np.ndarr
     metrics, pred = evaluate_latents(mu, labels, latent_map, seen_classes, pose=pose if pose.shape[1] else None,
                                      angles=ang, classifier=classifier, train=train_pair, seed=seed)
     metrics["n_items"] = int(len(x))
-    _write_csv(out / "predictions.csv", ["path", "label", "predicted", "distance"],
-               ([p, lab, pr, f"{d:.6g}"] for p, lab, pr, d in
-                zip(paths, labels, pred["predicted"], pred["distance"])))
+    _write_csv(out / "predictions.csv", ["path", "label", "predicted", "distance", "novelty"],
+               ([p, lab, pr, f"{d:.6g}", f"{nv:.6g}"] for p, lab, pr, d, nv in
+                zip(paths, labels, pred["predicted"], pred["distance"], pred["novelty"])))
     _write_json(out / "metrics.json", metrics)
     if figures and len(x):
         from affvae import figures as F
@@ -190,8 +190,9 @@ def save_run(result, data, run_dir: str | os.PathLike) -> dict[str, Any]:
     mu, _, pose = encode_all(model, xt, torch.device("cpu"))
     split = sp.name_of(len(data))
     write_embeddings(run / "embeddings.parquet", data.paths, data.labels, split, mu, pose, data.poses)
-    lm = LatentMap.fit(mu[sp.train], data.labels[sp.train], result.classes)
+    lm = LatentMap.fit(mu[sp.train], data.labels[sp.train], result.classes, metric=cfg.eval.distance)
     lm.save(run / "latent_map.parquet")
+    val_predicted, _ = lm.predict(mu[sp.val])
 
     ev = np.concatenate([sp.test, sp.unseen])
     if len(sp.test) == 0:
@@ -206,12 +207,44 @@ def save_run(result, data, run_dir: str | os.PathLike) -> dict[str, Any]:
         metrics = {"n_items": 0, "evaluated": False,
                    "skipped": f"no test items (data.test_fraction = {cfg.data.test_fraction:g}) "
                               "and no unseen classes"}
+    if cfg.eval.decoded_identification:
+        metrics.update(decoded_centres(cfg, model, mu, pose, data, sp, result.classes))
     metrics["train_seconds"] = result.seconds
     metrics["epochs_done"] = result.epochs_done
-    if result.history:
-        metrics["final_val_accuracy"] = result.history[-1].get("val_accuracy")
+    # the validation split, scored by the map written above: what a study chooses on
+    metrics["val_accuracy"] = float((val_predicted == data.labels[sp.val]).mean()) if len(sp.val) else None
+    metrics["n_val"] = int(len(sp.val))
+    val_curve = [h["val_accuracy"] for h in result.history if h.get("val_accuracy") is not None]
+    metrics["best_val_accuracy"] = float(np.nanmax(val_curve)) if val_curve else None
     _write_json(run / "metrics.json", metrics)
     return metrics
+
+
+def decoded_centres(cfg, model, mu: np.ndarray, pose: np.ndarray, data, splits, classes) -> dict[str, Any]:
+    """How well the decoder's output at each class centre identifies the class (see
+    :func:`affvae.evaluate.decoded_identification`).
+
+    A centre is the mean mu of the class's training items, decoded at their mean pose;
+    its reference is the class template, else the medoid of its first 32 training items.
+    """
+    from affvae.affinity.matrix import medoid_index
+    from affvae.affinity.metrics import get_metric
+    from affvae.evaluate import decoded_identification
+    from affvae.figures import decode
+
+    tr = splits.train
+    metric = cfg.data.affinity_metric if get_metric(cfg.data.affinity_metric).aligned_pairs else "ncc"
+    members = {c: tr[data.labels[tr] == c] for c in classes}
+    centres = np.stack([mu[members[c]].mean(0) for c in classes])
+    p = np.repeat(pose[tr].mean(0, keepdims=True), len(classes), 0) if pose.shape[1] else None
+    refs = []
+    for c in classes:
+        if c in data.templates:
+            refs.append(data.templates[c])
+        else:
+            stack = data.x[members[c][:32]]
+            refs.append(stack[medoid_index(stack, metric)])
+    return decoded_identification(decode(model, centres, p), np.stack(refs), classes, metric)
 
 
 def _no_test_items(cfg, data, run: Path, n_unseen: int) -> str:

@@ -37,6 +37,8 @@ STATUS_TAG = "affvae.status"
 ERROR_TAG = "affvae.error"
 EVALUATED_TAG = "affvae.evaluated"
 MAX_PARAM = 500  # MLflow accepts longer values; shorter keeps the UI readable
+#: the experiment's saved view of its trial table (MLflow 3's shared view state)
+VIEW_KEY = "trials"
 
 
 def resolve_tracking_uri(uri: str | None, study_dir: str | os.PathLike) -> str:
@@ -192,3 +194,40 @@ class StudyTracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    # -- the UI ----------------------------------------------------------------------------
+    def set_trial_view(self, searched: list[str], order_by: str = "val_accuracy",
+                       metrics: tuple[str, ...] = ("val_accuracy", "best_val_accuracy", "accuracy")) -> None:
+        """Save the trial table as the experiment's shared view (see :meth:`ui_link`).
+
+        MLflow 3 opens a new experiment in its GenAI view, with the trials folded under
+        their parent run and no metric columns; its runs page restores a view saved as the
+        experiment tag ``mlflow.sharedViewState.<key>`` when the URL names the key.  This
+        view lists the trial runs only (the parent keeps its own page; the trials keep
+        ``mlflow.parentRunId``), sorted by ``order_by``, with a column for every searched
+        key, the given metrics and the trial's status.
+        """
+        import json
+
+        cols = ([f"params.`search.{k}`" for k in searched] + [f"metrics.`{m}`" for m in metrics]
+                + [f"tags.`{STATUS_TAG}`"])
+        state = {"selectedColumns": cols, "columnOrder": cols, "orderByKey": f"metrics.`{order_by}`",
+                 "orderByAsc": False, "searchFilter": f"tags.`{ROLE_TAG}` = 'trial'"}
+        now = int(time.time() * 1000)
+        view = {"name": "Trials", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+        self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}",
+                                       json.dumps(view))
+
+    def ui_link(self, ui: str | None = None) -> str:
+        """The URL of the experiment's trial table in the MLflow UI's model-training view.
+
+        ``ui`` is the UI's address: by default the tracking server itself for an
+        ``http(s)`` tracking URI, else what ``mlflow ui`` serves (http://127.0.0.1:5000).
+        ``workflowType`` picks the training view for this visit (the UI otherwise opens
+        experiments in its GenAI view); ``viewStateShareKey`` loads :meth:`set_trial_view`.
+        """
+        if ui is None:
+            ui = self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) \
+                else "http://127.0.0.1:5000"
+        return (f"{ui.rstrip('/')}/#/experiments/{self.experiment_id}/runs"
+                f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}")

@@ -187,7 +187,7 @@ def setup(cfg, data: Dataset, affinity: AffinityMatrix | None, device: torch.dev
                    net=net, opt=opt, scaler=torch.amp.GradScaler("cuda") if use_amp else None,
                    affinity=affinity, A=A,
                    loss_kw=dict(recon=lc.recon, convention=lc.convention, anchors=anchors,
-                                anchor_weight=lc.anchors))
+                                anchor_weight=lc.anchors, pairs=lc.pairs))
 
 
 def restore(s: Session, ckpt_dir: Path) -> Path | None:
@@ -272,15 +272,14 @@ def weights(s: Session, epoch: int) -> tuple[float, float]:
             schedule_value(lc.gamma_schedule, lc.gamma, epoch, epochs))
 
 
-def train_epoch(s: Session, epoch: int, batches: Batches | None = None) -> tuple[dict[str, float], Any]:
-    """One pass over the training batches: the epoch's ``train_*`` logs and the mu it saw."""
+def train_epoch(s: Session, epoch: int, batches: Batches | None = None) -> dict[str, float]:
+    """One pass over the training batches: the epoch's ``train_*`` logs."""
     beta, gamma = weights(s, epoch)
     gen = torch.Generator().manual_seed(s.cfg.seed * 100003 + epoch)
     source = memory_batches(s, gen) if batches is None else streamed_batches(s, batches, epoch, gen)
     s.model.train()
     sums = torch.zeros(len(TERMS), dtype=torch.float64)
     n_seen = 0
-    mu_parts, y_parts = [], []
     t0 = time.perf_counter()
     for x, yc, eps in source:
         x = x.to(s.device, non_blocking=True).squeeze(1)
@@ -294,8 +293,6 @@ def train_epoch(s: Session, epoch: int, batches: Batches | None = None) -> tuple
         k = len(yc)
         sums += torch.stack([terms[t].detach().double().cpu() for t in TERMS]) * k
         n_seen += k
-        mu_parts.append(mu.detach().float().cpu())
-        y_parts.append(yc.cpu())
     if s.world > 1:
         tot = _all_sum(torch.cat([sums, torch.tensor([float(n_seen)], dtype=torch.float64)]), s.world, s.device)
         sums, n_seen = tot[:-1], int(tot[-1])
@@ -303,29 +300,44 @@ def train_epoch(s: Session, epoch: int, batches: Batches | None = None) -> tuple
     logs.update({f"train_{t}": float(v) / max(n_seen, 1) for t, v in zip(TERMS, sums)})
     logs["train_items"] = n_seen
     logs["train_seconds"] = time.perf_counter() - t0
-    return logs, (mu_parts, y_parts)
+    return logs
 
 
-def _nearest_centre_accuracy(mu_train, y_train, mu_val, y_val, n_classes, world: int = 1,
-                             device: torch.device | None = None) -> float:
-    """Accuracy of nearest class centre (centres from the training pass, over all ranks)."""
-    if len(y_val) == 0:
-        return float("nan")
-    sums = torch.zeros(n_classes, mu_train.shape[1]).index_add_(0, y_train, mu_train)
-    counts = torch.bincount(y_train, minlength=n_classes).double()
-    sums, counts = _all_sum(sums, world, device), _all_sum(counts, world, device)
-    centres = sums / counts.clamp_min(1).unsqueeze(1).float()
-    pred = torch.cdist(mu_val, centres).argmin(1)
-    return float((pred == y_val).float().mean())
+def map_items(train_idx: np.ndarray, labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """The training items behind the per-epoch latent map: all of them up to ``cap``, else a
+    fixed subset of ``cap`` that keeps each class's share (every class at least one item)."""
+    if len(train_idx) <= cap:
+        return np.asarray(train_idx)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels[train_idx]):
+        members = train_idx[labels[train_idx] == c]
+        k = max(1, int(round(cap * len(members) / len(train_idx))))
+        keep.append(rng.choice(members, size=min(k, len(members)), replace=False))
+    return np.sort(np.concatenate(keep))
 
 
-def validate(s: Session, epoch: int, seen: Any) -> dict[str, float]:
+def latent_map_accuracy(s: Session, mu_val: np.ndarray) -> float:
+    """Accuracy on the validation split of the latent map built as the final evaluation builds
+    it: eval mode, centres of the training split's mu (:func:`map_items`), ``eval.distance``."""
+    from affvae.latent_map import LatentMap
+    from affvae.model import encode_all
+
+    idx = map_items(s.splits.train, s.data.labels, s.cfg.eval.map_items, s.cfg.seed)
+    mu_train, _, _ = encode_all(s.model, s.x_all[idx].squeeze(1), s.device)
+    lm = LatentMap.fit(mu_train, s.data.labels[idx], s.classes, metric=s.cfg.eval.distance)
+    predicted, _ = lm.predict(mu_val)
+    return float((predicted == s.data.labels[s.splits.val]).mean())
+
+
+def validate(s: Session, epoch: int) -> dict[str, float]:
     """``val_*`` terms (z = mu, no autograd) and ``val_accuracy`` of the validation split."""
     beta, gamma = weights(s, epoch)
     s.model.eval()
     vsums = torch.zeros(len(TERMS), dtype=torch.float64)
     n_val = 0
     vmu = []
+    t0 = time.perf_counter()
     with torch.inference_mode():
         for idx in _batches(s.splits.val, 256, None):
             x = s.x_all.index_select(0, idx).to(s.device, non_blocking=True).squeeze(1)
@@ -340,10 +352,8 @@ def validate(s: Session, epoch: int, seen: Any) -> dict[str, float]:
     if not n_val:
         return {}
     logs = {f"val_{t}": float(v) / n_val for t, v in zip(TERMS, vsums)}
-    mu_parts, y_parts = seen
-    logs["val_accuracy"] = _nearest_centre_accuracy(
-        torch.cat(mu_parts), torch.cat(y_parts), torch.cat(vmu), s.y_all[s.splits.val], len(s.classes),
-        s.world, s.device)
+    logs["val_accuracy"] = latent_map_accuracy(s, torch.cat(vmu).numpy())
+    logs["val_seconds"] = time.perf_counter() - t0
     return logs
 
 
@@ -400,8 +410,8 @@ def train(cfg, data: Dataset, affinity: AffinityMatrix | None = None, batches: B
     stopped_early = False
     for epoch in range(s.start_epoch, epochs):
         t0 = time.perf_counter()
-        logs, seen = train_epoch(s, epoch, batches)
-        logs.update(validate(s, epoch, seen))
+        logs = train_epoch(s, epoch, batches)
+        logs.update(validate(s, epoch))
         logs["epoch_seconds"] = time.perf_counter() - t0
         logs["samples_per_second"] = logs["train_items"] / max(logs["train_seconds"], 1e-9)
         s.history.append(logs)

@@ -54,7 +54,11 @@ from affvae.tracking import ERROR_TAG, EVALUATED_TAG, STATUS_TAG
 
 TRIAL_KEYS = ("trial.workers",)
 TRIAL_DRIVER_CPU = 0.01  # the trial function only drives its TorchTrainer
-FINAL_METRICS = ("accuracy", "f1_macro", "silhouette", "novelty_auroc", "mean_offdiag_proximity",
+#: What a trial's evaluation logs: the validation accuracy of its latent map (what a study
+#: chooses on; best_val_accuracy is the best epoch's), then the test split's numbers
+SELECT_METRIC = "val_accuracy"
+FINAL_METRICS = ("val_accuracy", "best_val_accuracy", "accuracy", "f1_macro", "silhouette", "novelty_auroc",
+                 "mean_offdiag_proximity",
                  "pose_angle_best_abs_r")
 ARTIFACTS = ("config.yaml", "provenance.json", "metrics.json", "history.csv", "latent_map.parquet",
              "predictions.csv", "affinity.csv")
@@ -255,7 +259,6 @@ def evaluate_trial(base: dict[str, Any], config: dict[str, Any], checkpoint_path
     if history:
         rates = [h["samples_per_second"] for h in history[1:] or history if "samples_per_second" in h]
         metrics["samples_per_second"] = float(np.median(rates)) if rates else math.nan
-        metrics["best_val_accuracy"] = float(np.nanmax([h.get("val_accuracy", math.nan) for h in history]))
     return metrics
 
 
@@ -266,8 +269,11 @@ class StudyResult:
     tracking_uri: str
     trials: list[dict[str, Any]]
     seconds: float
+    #: the URL of the trial table in the MLflow UI
+    ui_link: str = ""
 
-    def best(self, metric: str = "accuracy") -> dict[str, Any] | None:
+    def best(self, metric: str = SELECT_METRIC) -> dict[str, Any] | None:
+        """The trial with the highest ``metric``: validation accuracy, never a test number."""
         done = [t for t in self.trials if isinstance(t.get(metric), (int, float)) and math.isfinite(t[metric])]
         return max(done, key=lambda t: t[metric]) if done else None
 
@@ -315,7 +321,7 @@ def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, resume: bool = F
     trials = finalize_study(spec, study_dir, grid, tracker, shared, progress=progress)
     _write_state(study_dir, {**state, "status": "finished", "trials": len(trials),
                              "seconds": time.perf_counter() - t0})
-    return StudyResult(study_dir, state["tracking_uri"], trials, time.perf_counter() - t0)
+    return StudyResult(study_dir, state["tracking_uri"], trials, time.perf_counter() - t0, state["ui_link"])
 
 
 def _write_state(study_dir: Path, state: dict[str, Any]) -> None:
@@ -343,7 +349,9 @@ def _open_study(spec: StudySpec, study_dir: Path, base_cfg, resume: bool, tracki
     tracker = StudyTracker(uri, spec.name, artifact_dir=study_dir / "mlartifacts")
     parent = tracker.parent_run({"study.description": spec.description,
                                  **{f"base.{k}": v for k, v in base_cfg.flat().items()}})
-    state = {"spec": spec.to_json(), "tracking_uri": uri, "parent_run": parent, "status": "running"}
+    tracker.set_trial_view(list(spec.space), order_by=SELECT_METRIC)
+    state = {"spec": spec.to_json(), "tracking_uri": uri, "parent_run": parent, "status": "running",
+             "ui_link": tracker.ui_link()}
     if not resume:
         write_provenance(study_dir, params={"spec": spec.to_json()}, seed=base_cfg.seed)
         _write_state(study_dir, state)
@@ -428,8 +436,7 @@ def finalize_study(spec: StudySpec, study_dir: Path, grid, tracker, shared: dict
 
 def _reuse_evaluation(row: dict[str, Any], run) -> None:
     """A trial evaluated before the study was resumed: its numbers from its MLflow run."""
-    row.update({k: v for k, v in run.data.metrics.items() if k in FINAL_METRICS or k in
-                ("samples_per_second", "best_val_accuracy")})
+    row.update({k: v for k, v in run.data.metrics.items() if k in FINAL_METRICS or k == "samples_per_second"})
     row["nearest_seen"] = "; ".join(f"{k.split('.')[-1]}: {v.replace(',', ', ')}"
                                     for k, v in run.data.tags.items() if k.startswith("affvae.nearest_seen."))
 
@@ -485,7 +492,7 @@ def _safe(name: str) -> str:
 
 def _log_trial(tracker, row: dict[str, Any], metrics: dict[str, Any]) -> None:
     out = Path(row["run_dir"])
-    final = {k: metrics.get(k) for k in (*FINAL_METRICS, "samples_per_second", "best_val_accuracy")}
+    final = {k: metrics.get(k) for k in (*FINAL_METRICS, "samples_per_second")}
     row.update({k: v for k, v in final.items() if v is not None})
     step = row["epochs_done"]
     tracker.log_metrics(row["run_id"], final, step=step)
@@ -508,19 +515,52 @@ def write_summary(spec: StudySpec, study_dir: Path, rows: list[dict[str, Any]], 
     out = study_dir / "summary"
     out.mkdir(parents=True, exist_ok=True)
     cols = ["trial_id", "name", "status", *spec.space, "epochs_done", "epochs", *FINAL_METRICS,
-            "best_val_accuracy", "samples_per_second", "nearest_seen", "run_id", "run_dir", "error"]
+            "samples_per_second", "nearest_seen", "run_id", "run_dir", "error"]
     df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
     paths = {"trials": out / "trials.csv"}
     atomic_save(paths["trials"], lambda tmp: df.to_csv(tmp, index=False))
     if spec.cols and spec.cols in df:
         paths.update(_summary_figures(spec, df, out))
+    paths.update(_trial_figures(spec, df, out))
     parent = tracker.parent_run()
     tracker.log_artifacts(parent, paths.values(), "summary")
-    acc = pd.to_numeric(df["accuracy"], errors="coerce")
-    tracker.log_metrics(parent, {"best_accuracy": acc.max(), "trials": len(df),
-                                 "trials_failed": int((df["status"] == "failed").sum()),
-                                 "trials_stopped_early": int((df["status"] == "stopped_early").sum())})
+    summary = {"trials": len(df), "trials_failed": int((df["status"] == "failed").sum()),
+               "trials_stopped_early": int((df["status"] == "stopped_early").sum())}
+    chosen = pd.to_numeric(df[SELECT_METRIC], errors="coerce")
+    if chosen.notna().any():  # the best trial by validation; its test accuracy reported beside
+        best = df.loc[chosen.idxmax()]
+        summary.update({"best_val_accuracy": best[SELECT_METRIC], "best_trial_test_accuracy": best["accuracy"]})
+        tracker.set_tags(parent, {"affvae.best_trial": best["name"], "affvae.best_run_id": best["run_id"]})
+    tracker.log_metrics(parent, summary)
     tracker.finish(parent, "FINISHED")
+    return paths
+
+
+def _trial_figures(spec: StudySpec, df, out: Path) -> dict[str, Path]:
+    """Parallel coordinates (searched keys -> validation accuracy) and every trial's
+    validation accuracy per epoch, from the trials' run folders."""
+    import pandas as pd
+
+    from affvae.plots import plot_curves, plot_parallel_coordinates
+
+    paths = {}
+    keys = [k for k in spec.space if k in df and df[k].notna().any()]
+    if keys and pd.to_numeric(df[SELECT_METRIC], errors="coerce").notna().any():
+        paths["parallel"] = plot_parallel_coordinates(
+            df, keys, SELECT_METRIC, out / "parallel_coordinates.png",
+            title=f"{spec.name}: searched values and the validation accuracy they reach")
+    curves = {}
+    for _, row in df.iterrows():
+        hist = Path(str(row["run_dir"])) / "history.csv"
+        if hist.is_file():
+            h = pd.read_csv(hist)
+            if "val_accuracy" in h:
+                curves[row["name"]] = (h["epoch"].to_numpy(), h["val_accuracy"].to_numpy())
+    if curves:
+        chosen = pd.to_numeric(df[SELECT_METRIC], errors="coerce")
+        best = df.loc[chosen.idxmax(), "name"] if chosen.notna().any() else None
+        paths["curves"] = plot_curves(curves, out / "val_accuracy_per_epoch.png", highlight=best,
+                                      title=f"{spec.name}: validation accuracy (latent map) per epoch")
     return paths
 
 
@@ -538,7 +578,7 @@ def _summary_figures(spec: StudySpec, df, out: Path) -> dict[str, Path]:
     paths = {}
     for metric in spec.summary_metrics:
         vals = _pivot(grid, metric, row_vals, col_vals)
-        bounded = metric in ("accuracy", "f1_macro", "novelty_auroc", "best_val_accuracy")
+        bounded = metric in ("accuracy", "f1_macro", "novelty_auroc", "best_val_accuracy", "val_accuracy")
         finite = np.isfinite(vals).any()
         lo, hi = (0.0, 1.0) if bounded else (float(np.nanmin(vals)) if finite else 0.0,
                                              float(np.nanmax(vals)) if finite else 1.0)
@@ -639,19 +679,27 @@ def print_summary(spec: StudySpec, res: StudyResult) -> None:
           f"{by_whom}, {by['failed']} failed) in {res.seconds / 60:.1f} min")
     best = res.best()
     if best:
-        print(f"best trial {best['name']}: seen test accuracy {best['accuracy']:.3f}"
+        print(f"best trial (chosen on validation accuracy) {best['name']}: validation {best[SELECT_METRIC]:.3f}, "
+              f"seen test accuracy {_num(best.get('accuracy'))}"
               + (f", novelty AUROC {best['novelty_auroc']:.3f}" if best.get("novelty_auroc") is not None else ""))
         if best.get("nearest_seen"):
             print(f"  unseen classes, nearest seen centres: {best['nearest_seen']}")
-    base = [t for t in res.trials if str(t.get("loss.gamma")) in ("0", "0.0") and t.get("accuracy") is not None]
+    base = [t for t in res.trials if str(t.get("loss.gamma")) in ("0", "0.0") and t.get(SELECT_METRIC) is not None]
     if base:
-        print(f"gamma = 0 baseline: best seen test accuracy {max(t['accuracy'] for t in base):.3f}")
+        b = max(base, key=lambda t: t[SELECT_METRIC])
+        print(f"gamma = 0 baseline (best on validation): validation {b[SELECT_METRIC]:.3f}, "
+              f"seen test accuracy {_num(b.get('accuracy'))}")
     for t in res.trials:
         if t["status"] == "failed":
             print(f"  failed {t['name']}: {t.get('error')}")
-    print(f"study folder: {res.study_dir}  (summary/trials.csv, summary/heatmap.png)")
-    print(f"MLflow: mlflow ui --backend-store-uri {res.tracking_uri}   (experiment {spec.name!r})"
-          if res.tracking_uri.startswith("sqlite") else f"MLflow: {res.tracking_uri} (experiment {spec.name!r})")
+    print(f"study folder: {res.study_dir}  (summary/trials.csv, summary/*.png)")
+    if res.tracking_uri.startswith("sqlite"):
+        print(f"MLflow: mlflow ui --backend-store-uri {res.tracking_uri}")
+    print(f"  trial table: {res.ui_link or res.tracking_uri}")
+
+
+def _num(v) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
 
 
 def deep_update(base: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:

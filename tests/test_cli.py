@@ -75,20 +75,21 @@ def copy_folder(src, dst):
 def _bad_cases(tetra, tmp):
     """(name, folder, extra args, text the error must contain)."""
     cases = []
+    first = {c: sorted(tetra.glob(f"{c}_*.mrc"))[0].name for c in ("I", "O", "L")}
     d = copy_folder(tetra, tmp / "trunc")
-    p = d / "I_00000.mrc"
+    p = d / first["I"]
     p.write_bytes(p.read_bytes()[:-500])
-    cases.append(("truncated", d, [], "I_00000.mrc"))
+    cases.append(("truncated", d, [], first["I"]))
     d = copy_folder(tetra, tmp / "garbage")
-    (d / "O_00003.mrc").write_bytes(b"not an mrc file at all" * 10)
-    cases.append(("unreadable", d, [], "O_00003.mrc"))
+    (d / first["O"]).write_bytes(b"not an mrc file at all" * 10)
+    cases.append(("unreadable", d, [], first["O"]))
     d = copy_folder(tetra, tmp / "mixed")
     write_volume(d / "T_99.mrc", np.ones((8, 8, 8)))
     cases.append(("mixed shapes", d, [], "T_99.mrc"))
     d = copy_folder(tetra, tmp / "nan")
-    with mrcfile.open(d / "L_00009.mrc", "r+") as f:
+    with mrcfile.open(d / first["L"], "r+") as f:
         f.data[1, 2, 3] = np.nan
-    cases.append(("NaN", d, [], "L_00009.mrc"))
+    cases.append(("NaN", d, [], first["L"]))
     d = copy_folder(tetra, tmp / "noclass")
     (d / "classes.csv").write_text("I,O,Z\n")
     cases.append(("class without files", d, [], "'Z'"))
@@ -328,17 +329,19 @@ def test_an_affinity_diagonal_not_one_is_refused(tiny, base, tmp_path, capsys):
 def test_the_test_folder_is_validated_by_check_and_train(tiny, base, tmp_path, capsys):
     d = copy_folder(base, tmp_path / "d")
     (d / "test").mkdir()
-    for name in ("I_00000.mrc", "O_00006.mrc"):
-        shutil.copy(d / name, d / "test" / name)
-    (d / "test" / "T_00012.mrc").write_bytes((d / "T_00012.mrc").read_bytes()[:600])
+    first = {c: sorted(d.glob(f"{c}_*.mrc"))[0].name for c in ("I", "O", "T")}
+    for c in ("I", "O"):
+        shutil.copy(d / first[c], d / "test" / first[c])
+    t = first["T"]
+    (d / "test" / t).write_bytes((d / t).read_bytes()[:600])
     assert main(["check", str(d)]) == 2
-    one_error(capsys.readouterr().err, f"{d}/test/T_00012.mrc: cannot read MRC file", alone=True)
-    write_volume(d / "test" / "T_00012.mrc", np.random.default_rng(0).random((32, 32, 32)))
+    one_error(capsys.readouterr().err, f"{d}/test/{t}: cannot read MRC file", alone=True)
+    write_volume(d / "test" / t, np.random.default_rng(0).random((32, 32, 32)))
     out = tmp_path / "r"
     assert main(["train", "--config", str(tiny), "--set", f"data.path={d}", "--out", str(out)]) == 2
-    one_error(capsys.readouterr().err, f"{d}/test/T_00012.mrc: shape 32x32x32 differs from 16x16x16", alone=True)
+    one_error(capsys.readouterr().err, f"{d}/test/{t}: shape 32x32x32 differs from 16x16x16", alone=True)
     assert not out.exists()
-    (d / "test" / "T_00012.mrc").unlink()
+    (d / "test" / t).unlink()
     assert main(["check", str(d)]) == 0
     assert "test/: 2 items (I 1, O 1)" in capsys.readouterr().out
 
@@ -379,7 +382,7 @@ def test_an_interrupted_evaluate_leaves_the_previous_results_whole(run_ok, base,
     assert main(["evaluate", str(run_ok), str(base), "--no-figures", "--out", str(ev)]) == 0
     before = snapshot(ev)
     few = copy_folder(base, tmp_path / "few")
-    for p in few.glob("I_0000[0-3].mrc"):
+    for p in sorted(few.glob("I_*.mrc"))[:4]:
         p.unlink()
     real = affvae.runs._write_json
 

@@ -15,19 +15,10 @@ from affvae.data.stream import (
     stream_batches,
 )
 from affvae.train import train
-from affvae.transforms.poses import uniforms
 
 TETRA = ["data.source=tetramino", "data.size=16", "data.shapes=[I, O, T]", "data.cube=3",
          "data.n_per_class=8", "model.filters=[4, 8]", "model.latent_dims=4", "train.batch_size=8",
          "train.epochs=2", "data.affinity_metric=ncc", "data.stream=true"]
-
-
-def test_item_specs_are_a_pure_function_of_seed_and_id():
-    a = uniforms(3, np.arange(100), 4)
-    assert np.array_equal(a, uniforms(3, np.arange(100), 4))
-    assert np.array_equal(a[40:60], uniforms(3, np.arange(40, 60), 4))  # independent of the chunk
-    assert not np.array_equal(a, uniforms(4, np.arange(100), 4))
-    assert 0 <= a.min() and a.max() < 1 and abs(a.mean() - 0.5) < 0.05
 
 
 def test_simulated_table_is_balanced_and_renders_deterministically():
@@ -89,15 +80,6 @@ def test_two_workers_train_on_the_ray_data_stream(ray_cluster, tmp_path):
     assert res.history[-1]["train_total"] > 0
 
 
-def test_item_noise_depends_on_the_item_not_the_batch():
-    from affvae.transforms.poses import item_normals
-
-    z = item_normals(np.array([5, 6, 7]), 10001)
-    assert np.array_equal(z[1:], item_normals(np.array([6, 7]), 10001))
-    assert abs(z.mean()) < 0.03 and abs(z.std() - 1) < 0.03
-    assert abs(np.corrcoef(z[0], z[1])[0, 1]) < 0.05
-
-
 def test_training_streams_a_folder_of_files(tmp_path):
     from affvae.data.simulate import TetraminoSimulator, write_dataset
 
@@ -112,3 +94,29 @@ def test_training_streams_a_folder_of_files(tmp_path):
                 report=lambda m, ck: seen.append(m["train_total"]))
     assert len(seen) == 2 and all(np.isfinite(seen))
     assert res.history[0]["samples_per_second"] > 0
+
+
+def test_the_stream_and_the_in_memory_dataset_make_the_same_items(tmp_path):
+    # one imaging pipeline: item i rendered by the stream (in batches of another size) is
+    # item i of the in-memory dataset, every imaging effect on (CTF, wedge, noise, norm)
+    effects = ["data.snr=1", "data.wedge=60", "data.ctf_defocus=2", "data.voxel_size=4",
+               "data.normalise=standard"]
+    cfg = build_config(overrides=["data.source=tetramino", "data.size=16", "data.cube=3", "data.shapes=[I, O, T]",
+                                  "data.n_per_class=3", *effects])
+    ds = build_dataset(cfg)
+    spec = spec_from_config(cfg, ds.classes)
+    streamed = np.concatenate([b["x"] for b in local_batches(spec, simulated_table(spec, np.arange(len(ds))), 4)])
+    np.testing.assert_allclose(streamed, ds.x, atol=1e-5)
+    assert [spec.classes[k] for k in simulated_table(spec, np.arange(len(ds)))["label"]] == ds.labels.tolist()
+    # a folder of files, imaged the same way whether read whole or per batch
+    from affvae.data.simulate import TetraminoSimulator, write_dataset
+
+    write_dataset(TetraminoSimulator(size=16, cube=3, shapes=["I", "O"]), tmp_path / "d", 3, progress=False)
+    fcfg = build_config(overrides=["data.source=folder", f"data.path={tmp_path / 'd'}", *effects])
+    fds = build_dataset(fcfg)
+    fspec = spec_from_config(fcfg, fds.classes)
+    table = {"id": np.arange(len(fds)), "path": np.array([str(fds.root / p) for p in fds.paths]),
+             "label": np.zeros(len(fds), dtype=np.int64)}
+    fstreamed = np.concatenate([b["x"] for b in local_batches(fspec, table, 4)])
+    np.testing.assert_allclose(fstreamed, fds.x, atol=1e-5)
+    assert np.abs(fds.x - build_dataset(build_config(overrides=fcfg.flat() | {"data.snr": None})).x).max() > 0.1

@@ -1,5 +1,6 @@
 """The study layer's pure parts: trial configs, error reasons, storage paths, the summary."""
 
+import numpy as np
 import pytest
 
 from affvae.errors import ConfigError
@@ -43,21 +44,44 @@ def test_checkpoint_paths_of_uri_storage_get_their_scheme_back():
 def test_summary_writes_the_trials_table_and_a_heatmap_of_the_searched_pair(tmp_path):
     import pandas as pd
 
+    from affvae.tune import _pivot
+
     spec = StudySpec("s", BASE, {"loss.beta": [1, 2], "loss.gamma": [0, 3]}, rows="loss.beta", cols="loss.gamma")
     rows = [{"trial_id": f"t{i}", "name": f"n{i}", "status": st, "loss.beta": b, "loss.gamma": g,
-             "accuracy": acc, "run_dir": str(tmp_path / f"t{i}")}
-            for i, (b, g, st, acc) in enumerate([("1", "0", "completed", 0.5), ("1", "3", "completed", 0.9),
-                                                 ("2", "0", "stopped_early", 0.25), ("2", "3", "failed", None)])]
+             "val_accuracy": val, "accuracy": acc, "run_id": f"r{i}", "run_dir": str(tmp_path / f"t{i}")}
+            for i, (b, g, st, val, acc) in enumerate([
+                ("1", "0", "completed", 0.8, 0.5), ("1", "3", "completed", 0.7, 0.9),
+                ("2", "0", "stopped_early", 0.3, 0.25), ("2", "3", "failed", None, None)])]
     tracker = StudyTracker(f"sqlite:///{tmp_path}/m.db", "s", artifact_dir=tmp_path / "art")
     paths = write_summary(spec, tmp_path, rows, tracker)
     df = pd.read_csv(paths["trials"])
     assert list(df["status"]) == ["completed", "completed", "stopped_early", "failed"]
-    assert paths["heatmap_accuracy"].stat().st_size > 1000
+    grid = df.assign(_row=df["loss.beta"].astype(str), _col=df["loss.gamma"].astype(str))
+    np.testing.assert_array_equal(_pivot(grid, "accuracy", ["1", "2"], ["0", "3"]), [[0.5, 0.9], [0.25, np.nan]])
     parent = tracker.client.get_run(tracker.parent_run())
-    assert parent.data.metrics["best_accuracy"] == 0.9
+    # validation and test rank the trials differently: the study picks the validation winner
+    assert parent.data.metrics["best_val_accuracy"] == 0.8
+    assert parent.data.metrics["best_trial_test_accuracy"] == 0.5
+    assert parent.data.tags["affvae.best_trial"] == "n0"
     assert parent.data.metrics["trials_failed"] == 1 and parent.data.metrics["trials_stopped_early"] == 1
     assert {a.path for a in tracker.client.list_artifacts(parent.info.run_id, "summary")} == {
-        "summary/trials.csv", "summary/heatmap.png"}
+        "summary/trials.csv", "summary/heatmap.png", "summary/parallel_coordinates.png"}
+
+
+def test_the_best_trial_and_the_printed_line_are_chosen_on_validation(tmp_path, capsys):
+    from affvae.tune import StudyResult, print_summary
+
+    spec = StudySpec("s", BASE, {"loss.gamma": [0, 3]}, cols="loss.gamma")
+    trials = [{"name": "val_winner", "status": "completed", "loss.gamma": 3, "val_accuracy": 0.8, "accuracy": 0.5},
+              {"name": "test_winner", "status": "completed", "loss.gamma": 3, "val_accuracy": 0.7, "accuracy": 0.9},
+              {"name": "base", "status": "completed", "loss.gamma": 0, "val_accuracy": 0.4, "accuracy": 0.95}]
+    res = StudyResult(tmp_path, "sqlite:///x.db", trials, 60.0, "http://127.0.0.1:5000/#/experiments/1/runs")
+    assert res.best()["name"] == "val_winner"
+    print_summary(spec, res)
+    out = capsys.readouterr().out
+    assert "best trial (chosen on validation accuracy) val_winner: validation 0.800, seen test accuracy 0.500" in out
+    assert "gamma = 0 baseline (best on validation): validation 0.400, seen test accuracy 0.950" in out
+    assert "trial table: http://127.0.0.1:5000/#/experiments/1/runs" in out
 
 
 def test_the_tune_command_turns_flags_into_a_search_space():

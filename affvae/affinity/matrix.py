@@ -105,6 +105,19 @@ class AffinityMatrix:
             )
         return self
 
+    def stretched(self, lo: float, hi: float) -> "AffinityMatrix":
+        """The off-diagonal mapped linearly onto [lo, hi] (its least similar pair to ``lo``, its
+        most similar to ``hi``), the diagonal kept at 1: the same order of similarity, spread
+        over the cosines a latent space can hold apart."""
+        v = self.values.copy()
+        n = len(self.classes)
+        if n < 3:
+            return self
+        off = ~np.eye(n, dtype=bool)
+        a, b = v[off].min(), v[off].max()
+        v[off] = lo + (hi - lo) * (v[off] - a) / (b - a) if b > a else (lo + hi) / 2
+        return AffinityMatrix(self.classes, v)
+
     def to_csv_text(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -313,17 +326,39 @@ def sharded_values(objects: np.ndarray, metric: str = "fsc", align: int = 0,
     return out
 
 
+#: ``align`` values besides a number of rotations: "refine" searches SO(3) (or the plane)
+#: coarse to fine (:mod:`affvae.affinity.align`); "auto" refines 3D objects, whose
+#: templates come in arbitrary frames, and leaves 2D ones (upright glyphs) as they are
+ALIGN_MODES = ("auto", "refine")
+
+
+def align_mode(align: int | str, ndim: int, metric: str) -> int | str:
+    """What ``align`` means for ``ndim``-D objects under ``metric``: 0 (compare as they lie),
+    a number of rotations (brute force over them) or "refine"."""
+    from affvae.affinity.metrics import get_metric
+
+    if isinstance(align, str) and align not in ALIGN_MODES:
+        raise AffinityError(f"align {align!r}: expected a number of rotations, {' or '.join(ALIGN_MODES)}")
+    if not get_metric(metric).rotation_sensitive:
+        return 0
+    if align == "auto":
+        return "refine" if ndim == 3 else 0
+    return align
+
+
 def compute_matrix(classes: Sequence[str], objects: np.ndarray, metric: str = "fsc",
-                   align: int = 0, cache: bool = True, progress: bool = False,
+                   align: int | str = 0, cache: bool = True, progress: bool = False,
                    use_ray: bool = False, shards: int | None = None,
                    sources: Sequence[str] | None = None) -> AffinityMatrix:
     """The affinity matrix over one object per class, cached by content hash.
 
-    ``align`` > 0 takes the best similarity over that many rotations of the second
-    object (see :func:`affvae.affinity.metrics.aligned_matrix`).  ``use_ray`` spreads
-    the work over Ray tasks (:func:`sharded_values`); the result is the same.
-    ``sources`` (one per class: the file each object came from) name a constant
-    object in the error it raises.
+    ``align`` (see :func:`align_mode`): 0 compares objects as they lie; a number N
+    takes the best similarity over N rotations of the second object (see
+    :func:`affvae.affinity.metrics.aligned_matrix`); "refine" searches the rotations
+    coarse to fine (:func:`affvae.affinity.align.aligned_values`); "auto" refines
+    3D objects only.  ``use_ray`` spreads the work over Ray tasks
+    (:func:`sharded_values`); the result is the same.  ``sources`` (one per class:
+    the file each object came from) name a constant object in the error it raises.
     """
     from affvae.affinity.metrics import ConstantObject
 
@@ -335,10 +370,10 @@ def compute_matrix(classes: Sequence[str], objects: np.ndarray, metric: str = "f
 
 
 def _compute_matrix(classes, objects, metric, align, cache, progress, use_ray, shards) -> AffinityMatrix:
-    from affvae.affinity.metrics import aligned_matrix, get_metric, rotation_set, similarity_matrix
+    from affvae.affinity.metrics import aligned_matrix, rotation_set, similarity_matrix
 
-    m = get_metric(metric)
-    key = content_hash(classes, objects, metric, align, "ray" if use_ray else "local")
+    mode = align_mode(align, np.asarray(objects).ndim - 1, metric)
+    key = content_hash(classes, objects, metric, mode, "ray" if use_ray else "local")
     path = cache_dir() / f"{key}.csv"
     if cache and path.is_file():
         try:
@@ -347,12 +382,14 @@ def _compute_matrix(classes, objects, metric, align, cache, progress, use_ray, s
                 return cached
         except AffinityError:
             pass  # a damaged cache entry is recomputed and replaced
-    if use_ray:
-        values = sharded_values(objects, metric, align, shards, progress)
-    elif align and m.rotation_sensitive:
+    if mode == "refine":
+        values = _refined_values(objects, metric, progress, use_ray, shards)
+    elif use_ray:
+        values = sharded_values(objects, metric, mode, shards, progress)
+    elif mode:
         from tqdm import tqdm
 
-        rots = rotation_set(objects.ndim - 1, align)
+        rots = rotation_set(objects.ndim - 1, mode)
         with tqdm(total=len(rots), desc=f"{metric} aligned", unit="rot", disable=None if progress else True) as bar:
             values = aligned_matrix(objects, rots, metric, progress=lambda k: bar.update(1))
     else:
@@ -364,3 +401,31 @@ def _compute_matrix(classes, objects, metric, align, cache, progress, use_ray, s
         except OSError:
             pass  # a read-only cache must not stop the computation
     return result
+
+
+def _refined_values(objects: np.ndarray, metric: str, progress: bool, use_ray: bool,
+                    shards: int | None) -> np.ndarray:
+    """The coarse-to-fine aligned matrix; with Ray the coarse search runs in blocks of rotations."""
+    from tqdm import tqdm
+
+    from affvae.affinity import align
+
+    X = np.asarray(objects)
+    with tqdm(total=align.progress_steps(len(X), X.ndim - 1), desc=f"{metric} aligned", unit="step",
+              disable=None if progress else True) as bar:
+        if not use_ray:
+            return align.aligned_values(X, metric, progress=bar.update)[0]
+        import ray
+
+        from affvae.raysession import ensure_ray
+
+        ensure_ray()
+        rots = align.coarse_rotations(X.ndim - 1)
+        shards = shards or max(2, int(ray.cluster_resources().get("CPU", 2)))
+        parts = [p for p in np.array_split(np.arange(len(rots)), min(shards, len(rots))) if len(p)]
+        ref = ray.put(X)
+        task = ray.remote(align.coarse_best)
+        found = _gather([task.remote(ref, metric, rots[p]) for p in parts], f"{metric} coarse on Ray", progress)
+        bar.update(len(rots))
+        best, arg = align.merge_coarse(found, [len(p) for p in parts])
+        return align.refine_and_measure(X, metric, rots, best, arg, progress=bar.update)[0]

@@ -35,6 +35,7 @@ Metrics
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -56,6 +57,10 @@ class Metric:
     #: the set's context from the prepared features of all objects, passed to
     #: ``compare(fa, fb, context)`` when a matrix is computed in blocks
     context: Callable[[Any], Any] | None = None
+    #: rotational alignment (:mod:`affvae.affinity.align`): the similarity matrix and the
+    #: row-wise similarity of given pairs as the aligned mode measures them
+    aligned_compare: Callable[[Any, Any], torch.Tensor] | None = None
+    aligned_pairs: Callable[[Any, Any], torch.Tensor] | None = None
 
 
 def _as_tensor(X) -> torch.Tensor:
@@ -85,6 +90,21 @@ class ShellSpectra:
     counts: torch.Tensor  # (S,) coefficients per shell in the full spectrum
     shape: tuple[int, ...]
 
+    @functools.cached_property
+    def signal(self) -> torch.Tensor:
+        """(N,) the highest shell of each object whose power per coefficient is at least
+        :data:`SIGNAL_FLOOR` of its strongest shell beyond the origin: the band it holds
+        signal in (a map at 18 Å in 6 Å voxels ends near 2/3 of Nyquist; noise and sharp
+        edges reach Nyquist)."""
+        per = self.power[:, 1:] / self.counts[1:].clamp_min(1)
+        rel = per / per.max(1, keepdim=True).values.clamp_min(1e-300)
+        above = (rel >= SIGNAL_FLOOR).double() * torch.arange(1, per.shape[1] + 1, dtype=torch.float64)
+        return above.max(1).values.long().clamp_min(1)
+
+
+#: Relative power per coefficient below which a shell holds no signal (see ShellSpectra.signal).
+SIGNAL_FLOOR = 1e-3
+
 
 @torch.no_grad()
 def shell_index(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,6 +123,25 @@ def shell_index(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     return shell, mult
 
 
+@functools.lru_cache(maxsize=16)
+def _shell_layout(shape: tuple[int, ...]):
+    """For ``rfftn`` coefficients of objects of ``shape``, computed once per shape: the order
+    that groups the kept ones (up to Nyquist) by shell, the sqrt of their multiplicities
+    (interleaved Re, Im), each shell's coefficient count and its (start, stop) in the
+    interleaved rows."""
+    shell, mult = shell_index(shape)
+    nyq = shape[0] // 2
+    shell_f = shell.flatten()
+    keep = (shell_f <= nyq).nonzero().squeeze(1)
+    order = keep[torch.argsort(shell_f[keep], stable=True)]
+    shell_sorted = shell_f[order]
+    w = mult.flatten()[order]
+    counts = torch.bincount(shell_sorted, weights=w, minlength=nyq + 1)
+    edges = torch.searchsorted(shell_sorted, torch.arange(nyq + 2)).tolist()
+    bounds = [(2 * edges[s], 2 * edges[s + 1]) for s in range(nyq + 1)]
+    return order.numpy(), torch.sqrt(w).repeat_interleave(2), counts, bounds
+
+
 @torch.no_grad()
 def fsc_prepare(X) -> ShellSpectra:
     X = _as_tensor(X)
@@ -111,35 +150,30 @@ def fsc_prepare(X) -> ShellSpectra:
         raise DataError(f"FSC needs square images or cubic volumes, got {'x'.join(map(str, shape))}")
     dims = tuple(range(1, X.dim()))
     F = torch.fft.rfftn(X, dim=dims)
-    shell, mult = shell_index(shape)
-    nyq = shape[0] // 2
-    shell_f = shell.flatten()
-    keep = (shell_f <= nyq).nonzero().squeeze(1)
-    order = keep[torch.argsort(shell_f[keep], stable=True)]
-    shell_sorted = shell_f[order]
-    w = mult.flatten()[order]
+    order, root_w, counts, bounds = _shell_layout(shape)
     # One gather of the kept coefficients in shell order (numpy's take is the fastest
     # gather here), viewed as interleaved (Re, Im) pairs: the real part of a
     # cross-spectrum, sum Re_a Re_b + Im_a Im_b, is then a plain dot product over a
     # shell's slice, one matrix product per shell.
     n_obj = F.shape[0]
-    gathered = np.take(F.reshape(n_obj, -1).numpy(), order.numpy(), axis=1)
+    gathered = np.take(F.reshape(n_obj, -1).numpy(), order, axis=1)
     coeffs = torch.from_numpy(gathered.view(np.float64))
-    coeffs.mul_(torch.sqrt(w).repeat_interleave(2))
-    counts = torch.bincount(shell_sorted, weights=w, minlength=nyq + 1)
-    edges = torch.searchsorted(shell_sorted, torch.arange(nyq + 2)).tolist()
-    bounds = [(2 * edges[s], 2 * edges[s + 1]) for s in range(nyq + 1)]
-    power = torch.stack([torch.einsum("ij,ij->i", coeffs[:, a:b], coeffs[:, a:b])
-                         for a, b in bounds], 1)
+    coeffs.mul_(root_w)
+    starts = np.array([a for a, _ in bounds])
+    power = torch.from_numpy(np.add.reduceat((coeffs * coeffs).numpy(), starts, axis=1))
     return ShellSpectra(coeffs, bounds, power, counts, shape)
 
 
 @torch.no_grad()
-def fsc_compare(A: ShellSpectra, B: ShellSpectra, per_shell: bool = False) -> torch.Tensor:
+def fsc_compare(A: ShellSpectra, B: ShellSpectra, per_shell: bool = False, band: bool = False) -> torch.Tensor:
     """Shell-weighted mean FSC between every object of A and every object of B.
 
     Per shell s: FSC_s = Re sum F_a conj(F_b) / sqrt(P_a P_b), the numerator a single
     real matrix product of ``[Re, Im]`` blocks.  With ``per_shell`` returns (S, Na, Nb).
+    ``band`` averages each pair over the shells up to the lower of the two objects'
+    signal bands (:attr:`ShellSpectra.signal`) instead of up to Nyquist: the aligned
+    mode's choice, since the rotated copy is interpolated and interpolation error is
+    all a shell without signal holds.
     """
     if A.shape != B.shape:
         raise DataError(f"FSC between shapes {A.shape} and {B.shape}: shapes must match")
@@ -151,8 +185,32 @@ def fsc_compare(A: ShellSpectra, B: ShellSpectra, per_shell: bool = False) -> to
     fsc = torch.stack(out)  # (S, Na, Nb)
     if per_shell:
         return fsc
-    w = A.counts / A.counts.sum()
-    return torch.einsum("s,sij->ij", w, fsc).clamp(-1.0, 1.0)
+    if not band:
+        w = A.counts / A.counts.sum()
+        return torch.einsum("s,sij->ij", w, fsc).clamp(-1.0, 1.0)
+    top = torch.minimum(A.signal[:, None], B.signal[None, :])  # (Na, Nb)
+    shells = torch.arange(len(A.bounds))[:, None, None]
+    w = A.counts[:, None, None] * (shells <= top[None]).double()
+    return ((w * fsc).sum(0) / w.sum(0)).clamp(-1.0, 1.0)
+
+
+@torch.no_grad()
+def fsc_pairs(A: ShellSpectra, B: ShellSpectra, band: bool = False) -> torch.Tensor:
+    """The FSC of object i of A with object i of B, (N,): the diagonal of :func:`fsc_compare`
+    without the other pairs (the refinement of an alignment compares given pairs)."""
+    if A.shape != B.shape or A.coeffs.shape[0] != B.coeffs.shape[0]:
+        raise DataError(f"FSC pairs need as many objects of one shape ({A.shape}, {B.shape})")
+    out = []
+    for s, (a, b) in enumerate(A.bounds):
+        cross = (A.coeffs[:, a:b] * B.coeffs[:, a:b]).sum(1)
+        denom = torch.sqrt(A.power[:, s] * B.power[:, s])
+        out.append(torch.where(denom > 0, cross / denom.clamp_min(1e-300), 0.0))
+    fsc = torch.stack(out)  # (S, N)
+    w = A.counts[:, None].expand_as(fsc)
+    if band:
+        top = torch.minimum(A.signal, B.signal)
+        w = w * (torch.arange(len(A.bounds))[:, None] <= top[None]).double()
+    return ((w * fsc).sum(0) / w.sum(0)).clamp(-1.0, 1.0)
 
 
 # --------------------------------------------------------------- real-space metrics
@@ -184,9 +242,19 @@ def ncc_compare(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def ncc_pairs(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    return ((A * B).sum(1) / A.shape[1]).clamp(-1.0, 1.0)
+
+
+@torch.no_grad()
 def mean_diff_compare(A: torch.Tensor, B: torch.Tensor, chunk: int = 8) -> torch.Tensor:
     rows = [1.0 - torch.cdist(A[i:i + chunk], B, p=1) / A.shape[1] for i in range(0, len(A), chunk)]
     return torch.cat(rows).clamp(-1.0, 1.0)
+
+
+@torch.no_grad()
+def mean_diff_pairs(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    return (1.0 - (A - B).abs().mean(1)).clamp(-1.0, 1.0)
 
 
 def _soap_prepare(X):
@@ -211,9 +279,11 @@ def _soap_context(D):
 
 
 METRICS: dict[str, Metric] = {
-    "fsc": Metric("fsc", fsc_prepare, fsc_compare),
-    "mean-diff": Metric("mean-diff", standardise, mean_diff_compare),
-    "ncc": Metric("ncc", standardise, ncc_compare),
+    "fsc": Metric("fsc", fsc_prepare, fsc_compare, aligned_compare=lambda a, b: fsc_compare(a, b, band=True),
+                  aligned_pairs=lambda a, b: fsc_pairs(a, b, band=True)),
+    "mean-diff": Metric("mean-diff", standardise, mean_diff_compare, aligned_compare=mean_diff_compare,
+                        aligned_pairs=mean_diff_pairs),
+    "ncc": Metric("ncc", standardise, ncc_compare, aligned_compare=ncc_compare, aligned_pairs=ncc_pairs),
     "soap": Metric("soap", _soap_prepare, _soap_compare, ndims=(2,), rotation_sensitive=False,
                    context=_soap_context),
 }

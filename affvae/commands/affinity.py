@@ -8,8 +8,8 @@ Results are cached by content hash under $AFFVAE_CACHE_DIR (~/.cache/affvae).
 
   affvae affinity tetra --metric fsc --out tetra/affinity.csv
   affvae affinity glyphs --metric soap --out glyphs/affinity_soap.csv
-  affvae affinity tetra --metric fsc --align 200 --out aligned.csv
-  affvae affinity tetra --metric fsc --align 200 --ray --out aligned.csv
+  affvae affinity tetra --metric fsc --align refine --out aligned.csv     # search SO(3) coarse to fine
+  affvae affinity tetra --metric fsc --align 200 --ray --out aligned.csv  # best of 200 fixed rotations
 """
 
 from __future__ import annotations
@@ -18,14 +18,28 @@ import argparse
 from pathlib import Path
 
 
+def _align(value: str) -> int | str:
+    if value in ("auto", "refine"):
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number of rotations, refine or auto") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected 0 or more rotations")
+    return n
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     from affvae.affinity.metrics import METRICS
 
     p.add_argument("folder", help="dataset folder in the anchor layout")
     p.add_argument("--metric", default="fsc", choices=list(METRICS), help="similarity metric (default fsc)")
     p.add_argument("--out", required=True, help="CSV to write")
-    p.add_argument("--align", type=int, default=0, metavar="N",
-                   help="best similarity over N rotations of the second object (default 0: off)")
+    p.add_argument("--align", type=_align, default="auto", metavar="N|refine|auto",
+                   help="rotational alignment: auto (default: search SO(3) coarse to fine for 3D objects, "
+                        "compare 2D ones as they lie), refine (search for 2D too), 0 (off) or N (the best "
+                        "of N fixed rotations)")
     p.add_argument("--size", type=int, help="resize representatives to this box first")
     p.add_argument("--no-cache", action="store_true", help="recompute even if cached")
     p.add_argument("--plot", action="store_true", help="also write a heatmap PNG beside the CSV")

@@ -10,6 +10,13 @@ interrupted run leaves no half-written dataset.
   affvae simulate tetramino --out tetra --fuse L+T --unseen LT --rotation uniform
   affvae simulate proteins --out prot -n 50                        # the built-in PDB panel, 10 A, 64^3
   affvae simulate proteins --structures my_pdbs/ 1abc.cif.gz --resolution 15 --voxel-size 4 --out prot
+  affvae simulate proteins --structures benchmark --size 32 --resolution 18 --voxel-size 6 -n 60 \
+      --snr 1 --test 20 --test-unseen 30 --unseen 4zhl,1us0,6flr,3pwp --out bench   # noisy subtomograms
+
+Imaging effects (--ctf-defocus, --wedge, --snr) are applied in that order, as training
+applies them, each item with its own noise; the files stay unnormalised.  --test N adds
+a test/ folder with N more items of each class to train on (and --test-unseen of each
+unseen class), for `affvae evaluate RUN DIR/test`.
 
 Protein maps are molmap-style (a Gaussian per heavy atom, amplitude its atomic
 number, sigma = 0.225 x resolution); each copy rotates the coordinates, not the map.
@@ -40,6 +47,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of poses (default 0)")
     p.add_argument("--unseen", default="", help="comma-separated classes to leave out of classes.csv")
     p.add_argument("--format", choices=["mrc", "npy"], default="mrc", help="file format (default mrc)")
+    p.add_argument("--test", type=int, default=0, metavar="N",
+                   help="also write test/ with N more items of each class to train on (default 0: none)")
+    p.add_argument("--test-unseen", type=int, metavar="M",
+                   help="items of each unseen class in test/ (default: as --test)")
+    g = p.add_argument_group("imaging (any 3D data; --ctf-defocus needs --voxel-size except for proteins)")
+    g.add_argument("--snr", type=float, help="additive Gaussian noise at this signal-to-noise variance ratio")
+    g.add_argument("--wedge", type=float, help="remove the missing wedge of a +-WEDGE degree tilt series")
+    g.add_argument("--ctf-defocus", type=float, help="apply a CTF at this defocus (µm; 300 kV, Cs 2.7 mm)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty --out folder (its old contents are removed once the new "
                         "dataset is complete)")
@@ -66,7 +81,24 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--structures", nargs="+", default=["panel"],
                    help="PDB/mmCIF files or folders, plain or gzipped (default: the built-in panel)")
     g.add_argument("--resolution", type=float, default=10.0, help="map resolution in Å (default 10)")
-    g.add_argument("--voxel-size", type=float, help="Å per voxel (default resolution / 3)")
+    g.add_argument("--voxel-size", type=float, help="Å per voxel (proteins: default resolution / 3)")
+
+
+def _imaging(args: argparse.Namespace, sim):
+    """The imaging effects of the flags (unnormalised), or None without any."""
+    from affvae.transforms.imaging import Imaging
+
+    for flag, value, ok in (("--snr", args.snr, lambda v: v > 0), ("--wedge", args.wedge, lambda v: 0 < v < 90),
+                            ("--ctf-defocus", args.ctf_defocus, lambda v: 0 < v <= 20)):
+        if value is not None and not ok(value):
+            raise DataError(f"{flag} {value:g}: out of range (snr > 0, 0 < wedge < 90, 0 < defocus <= 20 µm)")
+    if args.wedge is not None and sim.ndim != 3:
+        raise DataError("--wedge: a missing wedge applies to 3D volumes only")
+    voxel = getattr(sim, "voxel_size", None) or args.voxel_size
+    if args.ctf_defocus is not None and not voxel:
+        raise DataError("--ctf-defocus needs --voxel-size (Å per voxel)")
+    im = Imaging(args.ctf_defocus, voxel, args.wedge, args.snr)
+    return im if im.effects else None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -77,6 +109,8 @@ def main(args: argparse.Namespace) -> int:
                         "box data.size accepts for training)")
     if args.n_per_class < 1:
         raise DataError(f"-n {args.n_per_class}: expected at least 1 item per class")
+    if args.test < 0 or (args.test_unseen is not None and args.test_unseen < 0):
+        raise DataError("--test and --test-unseen: expected 0 or more items per class")
     if args.cube is not None and args.cube <= 0:
         raise DataError(f"--cube {args.cube:g}: expected a positive cube edge in voxels")
     if args.elongation <= 0:
@@ -102,6 +136,7 @@ def main(args: argparse.Namespace) -> int:
         raise DataError(f"--unseen {args.unseen!r} leaves no class to train on")
     params = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     out = write_dataset(sim, args.out, args.n_per_class, seed=args.seed, unseen=unseen,
-                        ext=f".{args.format}", overwrite=args.overwrite, params=params)
+                        ext=f".{args.format}", overwrite=args.overwrite, params=params,
+                        imaging=_imaging(args, sim), n_test=args.test, n_test_unseen=args.test_unseen)
     print(f"wrote {args.n_per_class * len(sim.classes)} items of {len(sim.classes)} classes to {out}")
     return 0

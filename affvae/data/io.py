@@ -316,6 +316,8 @@ class Dataset:
     affinity: AffinityMatrix | None = None
     #: per-item pose when known (simulated data): (N,) degrees for 2D, (N, 3) ZYZ for 3D
     poses: np.ndarray | None = None
+    #: per-item seeds of simulated items (their noise); folder items get theirs from their index
+    seeds: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])

@@ -30,6 +30,10 @@ from affvae.transforms.augment import euler_to_matrix
 SIGMA_FACTOR = 0.225
 STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".ent.gz", ".cif.gz", ".mmcif.gz")
 PANEL_DIR = Path(__file__).with_name("structures")
+#: The benchmark panel: 18 entries (none of the built-in panel's), several of similar size
+BENCHMARK_DIR = Path(__file__).with_name("benchmark_structures")
+#: Names that stand for the shipped panels in ``structures``
+PANELS = {"panel": PANEL_DIR, "benchmark": BENCHMARK_DIR}
 
 
 @dataclass
@@ -57,16 +61,15 @@ def class_name(path: str | os.PathLike) -> str:
 
 
 def structure_files(sources: Sequence[str | os.PathLike] | str | os.PathLike | None) -> list[Path]:
-    """Structure files from files and folders (sorted); ``None`` or ``"panel"``: the built-in panel."""
-    if sources is None or (isinstance(sources, str) and sources == "panel"):
+    """Structure files from files and folders (sorted); ``None`` or ``"panel"``: the built-in
+    panel, ``"benchmark"``: the benchmark panel (:data:`PANELS`)."""
+    if sources is None:
         sources = [PANEL_DIR]
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     files: list[Path] = []
     for s in sources:
-        if str(s) == "panel":
-            s = PANEL_DIR
-        p = Path(s)
+        p = PANELS.get(str(s), Path(s))
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and _is_structure(f))
             if not found:

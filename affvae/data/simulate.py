@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from affvae.errors import DataError
 from affvae.transforms.augment import euler_to_matrix
 from affvae.transforms.glyphs import ALL_GLYPHS, PAPER_GLYPHS, render_glyphs
-from affvae.transforms.poses import sample_poses
+from affvae.transforms.poses import item_poses, item_seeds
 
 #: The eight one-sided tetracubes: five planar (the tetrominoes I, O, T, L, S) and
 #: three non-planar: the tripod ("branch") and the chiral pair of skew "screws".
@@ -57,7 +57,21 @@ class ItemSpec:
     seed: int = 0
 
 
-# --------------------------------------------------------------------------- poses
+# --------------------------------------------------------------------------- items
+
+
+def item_table(classes: Sequence[str], ids: np.ndarray, seed: int, ndim: int,
+               rotation: str = "uniform") -> dict[str, np.ndarray]:
+    """Simulated items ``ids``: class index ``id mod len(classes)`` (balanced), pose and seed.
+
+    A pure function of (classes, seed, id), so the in-memory dataset, a dataset folder
+    and the stream all make item ``i`` alike; poses come from the one sampler,
+    :func:`affvae.transforms.poses.item_poses`.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    pose = item_poses(seed, ids, ndim, rotation)
+    return {"id": ids, "label": (ids % len(classes)).astype(np.int64),
+            "pose": pose.reshape(len(ids), -1).astype(np.float64), "seed": item_seeds(seed, ids)}
 
 
 # ------------------------------------------------------------------------ simulators
@@ -89,15 +103,12 @@ class Simulator(abc.ABC):
 
     def specs(self, n_per_class: int, seed: int = 0,
               classes: Sequence[str] | None = None) -> list[ItemSpec]:
-        """``n_per_class`` items of each class with random poses, reproducible from ``seed``."""
+        """``n_per_class`` items of each class (interleaved: item i is of class i mod C) with
+        random poses and seeds, items 0 .. n*C - 1 of :func:`item_table`."""
         classes = list(classes or self.classes)
         self._check_classes(classes)
-        rng = np.random.default_rng(seed)
-        poses = sample_poses(n_per_class * len(classes), self.ndim, rng, self.rotation)
-        labels = [c for c in classes for _ in range(n_per_class)]
-        item_seeds = rng.integers(0, 2**31 - 1, size=len(labels))
-        return [ItemSpec(c, tuple(np.atleast_1d(p).tolist()), int(s))
-                for c, p, s in zip(labels, poses, item_seeds)]
+        t = item_table(classes, np.arange(n_per_class * len(classes)), seed, self.ndim, self.rotation)
+        return [ItemSpec(classes[k], tuple(p.tolist()), int(sd)) for k, p, sd in zip(t["label"], t["pose"], t["seed"])]
 
     def render_specs(self, specs: Sequence[ItemSpec]) -> np.ndarray:
         if not specs:
@@ -251,19 +262,22 @@ SIMULATORS = {"alphanumeric": AlphanumericSimulator, "tetramino": TetraminoSimul
 def write_dataset(sim: Simulator, out: str | os.PathLike, n_per_class: int, seed: int = 0,
                   classes: Sequence[str] | None = None, unseen: Sequence[str] = (),
                   batch_size: int = 64, ext: str = ".mrc", overwrite: bool = False,
-                  progress: bool = True, params: dict | None = None) -> Path:
+                  progress: bool = True, params: dict | None = None, imaging=None,
+                  n_test: int = 0, n_test_unseen: int | None = None) -> Path:
     """Render a dataset folder in the anchor layout.
 
     Writes ``<class>_<index>.<ext>`` per item, ``template_<class>.<ext>`` (the unrotated
-    object), ``manifest.csv`` (file, class, pose, seed), ``classes.csv`` (the classes to
-    train on: all but ``unseen``) and ``provenance.json``.  Refuses a non-empty folder
-    unless ``overwrite``, which replaces it.  Everything is written into a hidden
-    sibling ``.<name>.partial-…`` that is renamed to ``out`` only when complete, so an
-    interrupted run leaves no folder that looks like a dataset (and a folder it
-    replaces stays as it was).
+    object, without imaging effects), ``manifest.csv`` (file, class, pose, seed),
+    ``classes.csv`` (the classes to train on: all but ``unseen``) and ``provenance.json``.
+    ``imaging`` (an :class:`~affvae.transforms.imaging.Imaging`: CTF, missing wedge,
+    noise; the values stay unnormalised) images every item as training would.
+    ``n_test`` > 0 adds a ``test/`` folder in the same layout with ``n_test`` more items of
+    each class to train on and ``n_test_unseen`` (default ``n_test``) of each unseen
+    class, from another seed.  Refuses a non-empty folder unless ``overwrite``, which
+    replaces it.  Everything is written into a hidden sibling ``.<name>.partial-…``
+    that is renamed to ``out`` only when complete, so an interrupted run leaves no
+    folder that looks like a dataset (and a folder it replaces stays as it was).
     """
-    from tqdm import tqdm
-
     from affvae.provenance import atomic_dir, atomic_write, write_provenance
     from affvae.volumes import write_volume
 
@@ -276,33 +290,55 @@ def write_dataset(sim: Simulator, out: str | os.PathLike, n_per_class: int, seed
         raise DataError(f"extension {ext!r}: expected .mrc or .npy")
     if n_per_class < 1:
         raise DataError(f"n_per_class {n_per_class}: expected at least 1")
+    if n_test < 0 or (n_test_unseen is not None and n_test_unseen < 0):
+        raise DataError(f"test items per class {n_test}: expected 0 or more")
     classes = list(classes or sim.classes)
     sim._check_classes(classes)
     missing_unseen = [u for u in unseen if u not in classes]
     if missing_unseen:
         raise DataError(f"unseen class {missing_unseen[0]!r} is not among the generated classes")
-
-    specs = sim.specs(n_per_class, seed=seed, classes=classes)
-    width = max(5, len(str(len(specs))))
-    names = [f"{sp.cls}_{i:0{width}d}{ext}" for i, sp in enumerate(specs)]
+    seen = [c for c in classes if c not in unseen]
     with atomic_dir(out, replace=overwrite) as tmp:
-        bar = tqdm(total=len(specs), desc=f"render {out.name}", unit="item", disable=None if progress else True)
-        for start in range(0, len(specs), batch_size):
-            chunk = specs[start:start + batch_size]
-            for name, arr in zip(names[start:start + batch_size], sim.render_specs(chunk)):
-                write_volume(tmp / name, arr)
-            bar.update(len(chunk))
-        bar.close()
+        specs = sim.specs(n_per_class, seed=seed, classes=classes)
+        _write_items(sim, tmp, specs, ext, imaging, batch_size, progress, f"render {out.name}")
+        if n_test:
+            test = sim.specs(n_test, seed=seed + 1, classes=seen)
+            n_unseen = n_test if n_test_unseen is None else n_test_unseen
+            if unseen and n_unseen:
+                test += sim.specs(n_unseen, seed=seed + 2, classes=list(unseen))
+            _write_items(sim, tmp / "test", test, ext, imaging, batch_size, progress, f"render {out.name}/test")
         for c in classes:
             write_volume(tmp / f"template_{c}{ext}", sim.template(c))
-
-        pose_cols = ["angle"] if sim.ndim == 2 else ["rot", "tilt", "psi"]
-        with atomic_write(tmp / "manifest.csv") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(["file", "class", *pose_cols, "seed"])
-            for name, sp in zip(names, specs):
-                w.writerow([name, sp.cls, *(f"{a:.6g}" for a in sp.pose), sp.seed])
         with atomic_write(tmp / "classes.csv") as fh:
-            fh.write(",".join(c for c in classes if c not in unseen) + "\n")
+            fh.write(",".join(seen) + "\n")
         write_provenance(tmp, params=params or {}, seed=seed)
     return out
+
+
+def _write_items(sim: Simulator, folder: Path, specs: Sequence[ItemSpec], ext: str, imaging, batch_size: int,
+                 progress: bool, desc: str) -> None:
+    """Render, image and write ``specs`` as ``<class>_<index><ext>`` files, and their manifest.csv."""
+    from tqdm import tqdm
+
+    from affvae.provenance import atomic_write
+    from affvae.transforms.imaging import image
+    from affvae.volumes import write_volume
+
+    folder.mkdir(parents=True, exist_ok=True)
+    width = max(5, len(str(len(specs))))
+    names = [f"{sp.cls}_{i:0{width}d}{ext}" for i, sp in enumerate(specs)]
+    with tqdm(total=len(specs), desc=desc, unit="item", disable=None if progress else True) as bar:
+        for start in range(0, len(specs), batch_size):
+            chunk = specs[start:start + batch_size]
+            x = sim.render_specs(chunk)
+            if imaging is not None:
+                x = image(x, imaging, np.array([sp.seed for sp in chunk]))
+            for name, arr in zip(names[start:start + batch_size], x):
+                write_volume(folder / name, arr)
+            bar.update(len(chunk))
+    pose_cols = ["angle"] if sim.ndim == 2 else ["rot", "tilt", "psi"]
+    with atomic_write(folder / "manifest.csv") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["file", "class", *pose_cols, "seed"])
+        for name, sp in zip(names, specs):
+            w.writerow([name, sp.cls, *(f"{a:.6g}" for a in sp.pose), sp.seed])

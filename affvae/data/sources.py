@@ -20,7 +20,8 @@ from affvae.affinity.matrix import (
 from affvae.affinity.metrics import ConstantObject
 from affvae.data.io import Dataset, load_folder
 from affvae.errors import ConfigError, DataError
-from affvae.transforms.imaging import apply_effects, normalise
+from affvae.transforms.imaging import Imaging, image, normalise
+from affvae.transforms.poses import item_seeds
 
 
 def simulator_class(source: str):
@@ -81,34 +82,43 @@ def build_dataset(cfg, progress: bool = False) -> Dataset:
             if ds.affinity is not None:
                 ds.affinity = ds.affinity.subset(ds.classes)
     else:
-        sim = make_simulator(d)
-        unknown = [c for c in [*(d.classes or []), *d.unseen] if c not in sim.classes]
-        if unknown:
-            raise ConfigError(
-                f"data: class {unknown[0]!r} is not simulated (classes: {', '.join(sim.classes)})"
-            )
-        specs = sim.specs(d.n_per_class, seed=cfg.seed)
-        x = np.concatenate([sim.render_specs(specs[i:i + 256]) for i in range(0, len(specs), 256)])
-        poses = np.array([s.pose for s in specs])
-        seen = d.classes or [c for c in sim.classes if c not in d.unseen]
-        ds = Dataset(
-            root=d.source, x=x, labels=np.array([s.cls for s in specs]),
-            paths=[f"{s.cls}_{i:06d}" for i, s in enumerate(specs)], classes=list(seen),
-            templates={c: sim.template(c) for c in sim.classes},
-            poses=poses[:, 0] if sim.ndim == 2 else poses,
-        )
+        ds = _simulated_dataset(cfg)
     if not ds.classes:
         raise ConfigError("data: no classes left to train on")
-    ds.x = apply_effects(ds.x, d, cfg.seed)
-    ds.x = normalise(ds.x, d.normalise)
+    # the one imaging pipeline, with each item's own seed: the stream's items are imaged alike
+    seeds = ds.seeds if ds.seeds is not None else item_seeds(cfg.seed, np.arange(len(ds)))
+    ds.x = image(ds.x, Imaging.of(d), seeds)
     ds.templates = {c: normalise(t[None], d.normalise)[0] for c, t in ds.templates.items()}
     return ds
 
 
+def _simulated_dataset(cfg) -> Dataset:
+    """``data.n_per_class`` items of every simulated class, rendered in batches (not imaged)."""
+    d = cfg.data
+    sim = make_simulator(d)
+    unknown = [c for c in [*(d.classes or []), *d.unseen] if c not in sim.classes]
+    if unknown:
+        raise ConfigError(f"data: class {unknown[0]!r} is not simulated (classes: {', '.join(sim.classes)})")
+    specs = sim.specs(d.n_per_class, seed=cfg.seed)
+    x = np.concatenate([sim.render_specs(specs[i:i + 256]) for i in range(0, len(specs), 256)])
+    poses = np.array([s.pose for s in specs])
+    seen = d.classes or [c for c in sim.classes if c not in d.unseen]
+    return Dataset(root=d.source, x=x, labels=np.array([s.cls for s in specs]),
+                   paths=[f"{s.cls}_{i:06d}" for i, s in enumerate(specs)], classes=list(seen),
+                   templates={c: sim.template(c) for c in sim.classes},
+                   poses=poses[:, 0] if sim.ndim == 2 else poses, seeds=np.array([s.seed for s in specs]))
+
+
 def resolve_affinity(cfg, ds: Dataset) -> AffinityMatrix | None:
-    """The matrix over the training classes: given CSV, the folder's, or computed."""
+    """The matrix over the training classes: given CSV, the folder's, or computed; its
+    off-diagonal stretched to ``data.affinity_range`` when that is set."""
     if cfg.loss.gamma == 0:
         return None
+    matrix = _affinity_of(cfg, ds)
+    return matrix.stretched(*cfg.data.affinity_range) if cfg.data.affinity_range else matrix
+
+
+def _affinity_of(cfg, ds: Dataset) -> AffinityMatrix:
     if cfg.data.affinity:
         return read_affinity_csv(cfg.data.affinity).subset(ds.classes, cfg.data.affinity)
     if ds.affinity is not None:

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import torch
 
-from affvae.transforms.poses import item_normals, poses_from_uniforms, splitmix64, uniforms
+from affvae.transforms.imaging import Imaging
+from affvae.transforms.poses import item_poses
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,9 @@ class StreamSpec:
     sim: dict[str, Any] = field(default_factory=dict)  # simulator keyword arguments
     root: str | None = None  # folder source
     size: int | None = None
-    normalise: str = "minmax"
     rotation: str = "uniform"
     rotate_files: bool = False  # random rotation of folder items
-    snr: float | None = None
-    wedge: float | None = None  # max tilt in degrees: remove the missing wedge
-    ctf_defocus: float | None = None  # µm: apply a CTF (needs voxel_size)
-    voxel_size: float | None = None  # Å
+    imaging: Imaging = field(default_factory=Imaging)  # effects and normalisation
 
     def simulator(self):
         """The simulator of this spec, built once per process."""
@@ -67,72 +63,66 @@ def _simulator_cached(source: str, items: tuple):
 
 def spec_from_config(cfg, classes: Sequence[str]) -> StreamSpec:
     """The stream of a :class:`~affvae.config.Config` (simulated or folder data)."""
+    from affvae.transforms.imaging import Imaging
+
     d = cfg.data
     if d.source == "folder":
         return StreamSpec("folder", tuple(classes), cfg.seed, root=d.path, size=d.size,
-                          normalise=d.normalise, rotate_files=d.rotate_files,
-                          snr=d.snr, wedge=d.wedge, ctf_defocus=d.ctf_defocus, voxel_size=d.voxel_size)
+                          rotate_files=d.rotate_files, imaging=Imaging.of(d))
     from affvae.data.sources import simulator_kwargs
 
-    sim = simulator_kwargs(d)
-    voxel = sim["voxel_size"] if d.source == "proteins" else d.voxel_size
-    return StreamSpec(d.source, tuple(classes), cfg.seed, sim=sim, normalise=d.normalise,
-                      rotation=d.rotation, snr=d.snr, wedge=d.wedge, ctf_defocus=d.ctf_defocus,
-                      voxel_size=voxel)
+    return StreamSpec(d.source, tuple(classes), cfg.seed, sim=simulator_kwargs(d), rotation=d.rotation,
+                      imaging=Imaging.of(d))
 
 
 def simulated_table(spec: StreamSpec, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Specs of simulated items ``ids``: balanced classes, poses and seeds from the hash."""
-    ids = np.asarray(ids, dtype=np.int64)
-    ndim = 2 if spec.source == "alphanumeric" else 3
-    u = uniforms(spec.seed, ids, 4)
-    pose = poses_from_uniforms(u, ndim, spec.rotation)
-    item_seed = (splitmix64(ids.astype(np.uint64) ^ np.uint64(spec.seed + 7)) >> np.uint64(33)).astype(np.int64)
-    return {"id": ids, "label": (ids % len(spec.classes)).astype(np.int64),
-            "pose": pose.reshape(len(ids), -1).astype(np.float64), "seed": item_seed}
+    """Specs of simulated items ``ids`` (:func:`affvae.data.simulate.item_table`)."""
+    from affvae.data.simulate import item_table
+
+    return item_table(spec.classes, ids, spec.seed, 2 if spec.source == "alphanumeric" else 3, spec.rotation)
 
 
 def render_batch(batch: dict[str, np.ndarray], spec: StreamSpec) -> dict[str, np.ndarray]:
-    """Render and augment one batch of specs: returns ``{"x", "label", "id"}``.
+    """Render and image one batch of specs: returns ``{"x", "label", "id"}``.
 
     The same function runs in this process (:func:`local_batches`) and in Ray Data
-    workers (:func:`ray_dataset`).  Noise is seeded by the items' seeds, so a
-    batch renders identically anywhere.
+    workers (:func:`ray_dataset`): the simulator renders each item in its pose, or
+    its file is read (resized, and with ``rotate_files`` turned by its own random
+    pose), then the one imaging pipeline (:func:`affvae.transforms.imaging.image`)
+    applies the effects with each item's own noise and normalises, exactly as the
+    in-memory dataset does.
     """
-    from affvae.transforms.augment import add_noise, apply_ctf, missing_wedge, resize_to_box
-    from affvae.transforms.imaging import normalise
+    from affvae.transforms.imaging import image
+    from affvae.transforms.poses import item_seeds
 
     labels = np.asarray(batch["label"], dtype=np.int64)
+    ids = np.asarray(batch["id"])
     if spec.source == "folder":
-        from affvae.volumes import read_volume
-
-        x = np.stack([read_volume(p) for p in batch["path"]])
-        if spec.size:
-            x = resize_to_box(x, spec.size)
-        if spec.rotate_files:
-            from affvae.transforms.augment import pose_to_matrix, rotate
-
-            ndim = x.ndim - 1
-            u = uniforms(spec.seed, np.asarray(batch["id"]), 4)
-            x = rotate(x, pose_to_matrix(poses_from_uniforms(u, ndim, "uniform" if ndim == 3 else "none"), ndim))
+        x = _read_folder_items(batch, spec)
+        seeds = item_seeds(spec.seed, ids)
     else:
         sim = spec.simulator()
-        names = [spec.classes[i] for i in labels]
         pose = np.asarray(batch["pose"])
-        x = sim.render(names, pose[:, 0] if sim.ndim == 2 else pose)
-    x = normalise(x, spec.normalise)
-    if spec.wedge is not None or spec.snr is not None or spec.ctf_defocus is not None:
-        t = torch.from_numpy(x)
-        if spec.ctf_defocus is not None:
-            t = apply_ctf(t, spec.voxel_size, spec.ctf_defocus)
-        if spec.wedge is not None and t.dim() == 4:
-            t = missing_wedge(t, spec.wedge)
-        if spec.snr is not None:
-            seeds = np.asarray(batch.get("seed", batch["id"]))
-            noise = torch.from_numpy(item_normals(seeds, t[0].numel()).reshape(t.shape))
-            t = add_noise(t, spec.snr, noise=noise)
-        x = t.numpy()
-    return {"x": x.astype(np.float32, copy=False), "label": labels, "id": np.asarray(batch["id"])}
+        x = sim.render([spec.classes[i] for i in labels], pose[:, 0] if sim.ndim == 2 else pose)
+        seeds = np.asarray(batch["seed"])
+    return {"x": image(x, spec.imaging, seeds), "label": labels, "id": ids}
+
+
+def _read_folder_items(batch: dict[str, np.ndarray], spec: StreamSpec) -> np.ndarray:
+    """The batch's files, resized to the box and, with ``rotate_files``, each turned by the pose
+    of its draw (``batch["draw"]``: a fresh one each epoch)."""
+    from affvae.transforms.augment import pose_to_matrix, resize_to_box, rotate
+    from affvae.volumes import read_volume
+
+    x = np.stack([read_volume(p) for p in batch["path"]])
+    if spec.size:
+        x = resize_to_box(x, spec.size)
+    if spec.rotate_files:
+        ndim = x.ndim - 1
+        draws = np.asarray(batch.get("draw", batch["id"]))
+        pose = item_poses(spec.seed + 1, draws, ndim, "uniform", max_angle=180.0)
+        x = rotate(x, pose_to_matrix(pose, ndim))
+    return x
 
 
 def local_batches(spec: StreamSpec, table: dict[str, np.ndarray], batch_size: int,
@@ -166,8 +156,9 @@ def ray_dataset(spec: StreamSpec, n_items: int | None = None, batch_size: int = 
     if spec.source == "folder":
         if table is None:
             raise ValueError("a folder stream needs its table of paths")
-        ds = ray.data.from_items([{"id": int(i), "path": str(p), "label": int(lab)}
-                                  for i, p, lab in zip(table["id"], table["path"], table["label"])])
+        ds = ray.data.from_items([{"id": int(i), "draw": int(d), "path": str(p), "label": int(lab)}
+                                  for i, d, p, lab in zip(table["id"], table.get("draw", table["id"]),
+                                                          table["path"], table["label"])])
     elif ids is not None:
         ids = np.asarray(ids, dtype=np.int64)
         parts = np.array_split(ids, max(1, -(-len(ids) // (4 * batch_size))))
@@ -227,9 +218,12 @@ def epoch_batches_for(spec: StreamSpec, data, train_idx: np.ndarray, batch_size:
     def table_of(epoch: int) -> dict[str, np.ndarray]:
         pos = rank_items(n, batch_size, rank, world)
         if spec.source == "folder":
+            from affvae.labels import index_of
+
             order = np.random.default_rng([spec.seed, epoch]).permutation(np.asarray(train_idx))[pos]
-            return {"id": order, "path": np.array([str(Path(data.root) / data.paths[i]) for i in order]),
-                    "label": np.array([classes.index(str(data.labels[i])) for i in order], dtype=np.int64)}
+            return {"id": order, "draw": epoch * len(data) + order,
+                    "path": np.array([str(Path(data.root) / data.paths[i]) for i in order]),
+                    "label": index_of(data.labels[order], classes)}
         return simulated_table(spec, epoch * n + pos)
 
     if engine == "ray":

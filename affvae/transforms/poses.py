@@ -1,18 +1,16 @@
 """Pose samplers and counter-based random numbers.
 
 Poses are degrees: one in-plane angle for 2D, intrinsic ZYZ Euler angles
-``(rot, tilt, psi)`` for 3D (RELION's convention).  :func:`sample_poses` draws from a
-numpy generator (in-memory datasets); :func:`poses_from_uniforms` maps uniforms to
-poses, and :func:`uniforms` / :func:`item_normals` make those uniforms (and per-item
-noise) a pure function of (seed, item id), so a stream renders item ``i`` the same
-wherever and whenever it runs.
+``(rot, tilt, psi)`` for 3D (RELION's convention).  :func:`item_poses` is the one pose
+sampler: :func:`poses_from_uniforms` of :func:`uniforms`, a pure function of (seed,
+item id), as are each item's seed (:func:`item_seeds`) and noise
+(:func:`item_normals`), so item ``i`` is the same wherever and whenever it is made:
+in memory, in a dataset folder or in a stream, whatever the batch it falls in.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from affvae.errors import DataError
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -79,31 +77,20 @@ def poses_from_uniforms(u: np.ndarray, ndim: int, rotation: str = "uniform", max
     return np.atleast_2d(rot.as_euler("ZYZ", degrees=True))
 
 
-def sample_poses(n: int, ndim: int, rng: np.random.Generator, rotation: str = "uniform",
-                 max_angle: float = 45.0) -> np.ndarray:
-    """Random poses: ``(n,)`` in-plane angles for 2D, ``(n, 3)`` ZYZ Euler angles for 3D.
+def item_seeds(seed: int, ids: np.ndarray) -> np.ndarray:
+    """Each item's own seed (for its noise), a pure function of (seed, item id)."""
+    ids = np.asarray(ids, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        return (splitmix64(ids ^ np.uint64((seed + 7) % 2**63)) >> np.uint64(33)).astype(np.int64)
 
-    2D: integer degrees uniformly in the open interval (-max_angle, max_angle), as in
-    the paper.  3D ``rotation="uniform"``: uniform over SO(3) (Shoemake's method);
-    ``"grid"``: rotations about x, y and z by independent multiples of 10 degrees
-    (the paper's grid), expressed as ZYZ Euler angles; ``"none"``: identity.
+
+def item_poses(seed: int, ids: np.ndarray, ndim: int, rotation: str = "uniform",
+               max_angle: float = 45.0) -> np.ndarray:
+    """The one pose sampler: item ``ids``' poses, a pure function of (seed, id).
+
+    ``(N,)`` in-plane degrees for 2D, ``(N, 3)`` ZYZ Euler angles for 3D (see
+    :func:`poses_from_uniforms`); the in-memory datasets, the dataset folders and the
+    stream all draw their poses here, so item ``i`` has one pose wherever it is made.
     """
-    from scipy.spatial.transform import Rotation
-
-    if ndim == 2:
-        if rotation == "none":
-            return np.zeros(n)
-        m = int(np.ceil(max_angle)) - 1
-        return rng.integers(-m, m + 1, size=n).astype(np.float64)
-    if rotation == "none":
-        return np.zeros((n, 3))
-    if rotation == "uniform":
-        rot = Rotation.random(n, random_state=rng)
-    elif rotation == "grid":
-        steps = rng.integers(0, 36, size=(n, 3)) * 10.0
-        rot = Rotation.from_euler("xyz", steps, degrees=True)
-    else:
-        raise DataError(f"rotation {rotation!r}: expected one of uniform, grid, none")
-    if n == 0:
-        return np.zeros((0, 3))
-    return np.atleast_2d(rot.as_euler("ZYZ", degrees=True))
+    pose = poses_from_uniforms(uniforms(seed, ids, 4), ndim, rotation, max_angle)
+    return pose if ndim == 2 else pose.reshape(len(np.atleast_1d(ids)), 3)

@@ -1,0 +1,67 @@
+"""Tests for affvae.runs: what a trained run writes, and evaluating it."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from affvae.config import build_config
+from affvae.data.sources import build_dataset, resolve_affinity
+from affvae.latent_map import LatentMap
+from affvae.runs import read_embeddings, save_run
+from affvae.train import train
+
+SMALL = ["data.source=alphanumeric", "data.size=16", "data.glyphs=aeio", "data.unseen=[o]",
+         "data.n_per_class=16", "model.filters=[4, 8]", "model.latent_dims=4", "train.batch_size=8",
+         "train.epochs=3", "loss.gamma=1", "data.affinity_metric=ncc", "eval.figures=false"]
+
+
+@pytest.fixture(scope="module", params=["euclidean", "cosine"])
+def saved(request, tmp_path_factory):
+    cfg = build_config(overrides=SMALL + [f"eval.distance={request.param}"])
+    ds = build_dataset(cfg)
+    res = train(cfg, ds, resolve_affinity(cfg, ds))
+    run = tmp_path_factory.mktemp("run")
+    return cfg, ds, res, run, save_run(res, ds, run)
+
+
+def test_the_last_epochs_val_accuracy_is_the_final_evaluations(saved):
+    # the per-epoch number a study ranks on is the latent map the run ends with, on the
+    # validation split: eval mode, centres of the training split's mu
+    cfg, ds, res, run, metrics = saved
+    assert metrics["n_val"] == len(res.splits.val) > 0
+    assert res.history[-1]["val_accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1e-12)
+    assert metrics["best_val_accuracy"] == max(h["val_accuracy"] for h in res.history)
+    emb = read_embeddings(run / "embeddings.parquet")
+    mu = emb[[c for c in emb.columns if c.startswith("mu_")]].to_numpy()
+    lm = LatentMap.load(run / "latent_map.parquet")
+    assert lm.metric == cfg.eval.distance
+    val = (emb["split"] == "val").to_numpy()
+    assert metrics["val_accuracy"] == pytest.approx(float((lm.predict(mu[val])[0] == emb["class"][val]).mean()))
+
+
+def test_predictions_hold_the_per_item_novelty_the_auroc_ranks(saved):
+    cfg, ds, res, run, metrics = saved
+    rows = list(csv.DictReader((run / "predictions.csv").open()))
+    assert list(rows[0]) == ["path", "label", "predicted", "distance", "novelty"]
+    emb = read_embeddings(run / "embeddings.parquet").set_index("path")
+    lm = LatentMap.load(run / "latent_map.parquet")
+    mu = emb.loc[[r["path"] for r in rows], [c for c in emb.columns if c.startswith("mu_")]].to_numpy()
+    np.testing.assert_allclose([float(r["novelty"]) for r in rows], lm.novelty(mu), rtol=1e-5)
+    from sklearn.metrics import roc_auc_score
+
+    unseen = np.array([r["label"] == "o" for r in rows])
+    auroc = roc_auc_score(unseen, [float(r["novelty"]) for r in rows])
+    assert auroc == pytest.approx(json.loads((run / "metrics.json").read_text())["novelty_auroc"], abs=1e-4)
+
+
+def test_the_mlp_classifier_is_evaluated_from_the_training_mu(tmp_path):
+    cfg = build_config(overrides=SMALL + ["eval.classifier=mlp", "train.epochs=2"])
+    ds = build_dataset(cfg)
+    res = train(cfg, ds, resolve_affinity(cfg, ds))
+    metrics = save_run(res, ds, tmp_path)
+    assert metrics["classifier"] == "mlp"
+    rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
+    assert {r["predicted"] for r in rows} <= {"a", "e", "i"}
+    assert metrics["n_seen"] == sum(r["label"] != "o" for r in rows) > 0

@@ -11,7 +11,7 @@ interrupted run leaves no half-written dataset.
   affvae simulate proteins --out prot -n 50                        # the built-in PDB panel, 10 A, 64^3
   affvae simulate proteins --structures my_pdbs/ 1abc.cif.gz --resolution 15 --voxel-size 4 --out prot
   affvae simulate proteins --structures benchmark --size 32 --resolution 18 --voxel-size 6 -n 60 \
-      --snr 1 --test 20 --test-unseen 30 --unseen 4zhl,1us0,6flr,3pwp --out bench   # noisy subtomograms
+      --snr 1 --test 20 --test-unseen 30 --n-unseen 0 --unseen 4zhl,1us0,6flr,3pwp --out bench
 
 Imaging effects (--ctf-defocus, --wedge, --snr) are applied in that order, as training
 applies them, each item with its own noise; the files stay unnormalised.  --test N adds
@@ -51,6 +51,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="also write test/ with N more items of each class to train on (default 0: none)")
     p.add_argument("--test-unseen", type=int, metavar="M",
                    help="items of each unseen class in test/ (default: as --test)")
+    p.add_argument("--n-unseen", type=int, metavar="K",
+                   help="items of each unseen class in the folder itself (default: as -n; 0: only in test/)")
     g = p.add_argument_group("imaging (any 3D data; --ctf-defocus needs --voxel-size except for proteins)")
     g.add_argument("--snr", type=float, help="additive Gaussian noise at this signal-to-noise variance ratio")
     g.add_argument("--wedge", type=float, help="remove the missing wedge of a +-WEDGE degree tilt series")
@@ -109,8 +111,8 @@ def main(args: argparse.Namespace) -> int:
                         "box data.size accepts for training)")
     if args.n_per_class < 1:
         raise DataError(f"-n {args.n_per_class}: expected at least 1 item per class")
-    if args.test < 0 or (args.test_unseen is not None and args.test_unseen < 0):
-        raise DataError("--test and --test-unseen: expected 0 or more items per class")
+    if min(args.test, args.test_unseen or 0, args.n_unseen or 0) < 0:
+        raise DataError("--test, --test-unseen and --n-unseen: expected 0 or more items per class")
     if args.cube is not None and args.cube <= 0:
         raise DataError(f"--cube {args.cube:g}: expected a positive cube edge in voxels")
     if args.elongation <= 0:
@@ -137,6 +139,7 @@ def main(args: argparse.Namespace) -> int:
     params = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     out = write_dataset(sim, args.out, args.n_per_class, seed=args.seed, unseen=unseen,
                         ext=f".{args.format}", overwrite=args.overwrite, params=params,
-                        imaging=_imaging(args, sim), n_test=args.test, n_test_unseen=args.test_unseen)
+                        imaging=_imaging(args, sim), n_test=args.test, n_test_unseen=args.test_unseen,
+                        n_unseen=args.n_unseen)
     print(f"wrote {args.n_per_class * len(sim.classes)} items of {len(sim.classes)} classes to {out}")
     return 0

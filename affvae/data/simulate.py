@@ -263,7 +263,7 @@ def write_dataset(sim: Simulator, out: str | os.PathLike, n_per_class: int, seed
                   classes: Sequence[str] | None = None, unseen: Sequence[str] = (),
                   batch_size: int = 64, ext: str = ".mrc", overwrite: bool = False,
                   progress: bool = True, params: dict | None = None, imaging=None,
-                  n_test: int = 0, n_test_unseen: int | None = None) -> Path:
+                  n_test: int = 0, n_test_unseen: int | None = None, n_unseen: int | None = None) -> Path:
     """Render a dataset folder in the anchor layout.
 
     Writes ``<class>_<index>.<ext>`` per item, ``template_<class>.<ext>`` (the unrotated
@@ -273,7 +273,9 @@ def write_dataset(sim: Simulator, out: str | os.PathLike, n_per_class: int, seed
     noise; the values stay unnormalised) images every item as training would.
     ``n_test`` > 0 adds a ``test/`` folder in the same layout with ``n_test`` more items of
     each class to train on and ``n_test_unseen`` (default ``n_test``) of each unseen
-    class, from another seed.  Refuses a non-empty folder unless ``overwrite``, which
+    class, from another seed.  ``n_unseen`` items of each unseen class go in the folder
+    itself (default ``n_per_class``; 0: unseen classes only in ``test/``, as objects a
+    model meets only after training).  Refuses a non-empty folder unless ``overwrite``, which
     replaces it.  Everything is written into a hidden sibling ``.<name>.partial-…``
     that is renamed to ``out`` only when complete, so an interrupted run leaves no
     folder that looks like a dataset (and a folder it replaces stays as it was).
@@ -290,7 +292,7 @@ def write_dataset(sim: Simulator, out: str | os.PathLike, n_per_class: int, seed
         raise DataError(f"extension {ext!r}: expected .mrc or .npy")
     if n_per_class < 1:
         raise DataError(f"n_per_class {n_per_class}: expected at least 1")
-    if n_test < 0 or (n_test_unseen is not None and n_test_unseen < 0):
+    if n_test < 0 or (n_test_unseen is not None and n_test_unseen < 0) or (n_unseen is not None and n_unseen < 0):
         raise DataError(f"test items per class {n_test}: expected 0 or more")
     classes = list(classes or sim.classes)
     sim._check_classes(classes)
@@ -299,7 +301,11 @@ def write_dataset(sim: Simulator, out: str | os.PathLike, n_per_class: int, seed
         raise DataError(f"unseen class {missing_unseen[0]!r} is not among the generated classes")
     seen = [c for c in classes if c not in unseen]
     with atomic_dir(out, replace=overwrite) as tmp:
-        specs = sim.specs(n_per_class, seed=seed, classes=classes)
+        if n_unseen is None or n_unseen == n_per_class or not unseen:
+            specs = sim.specs(n_per_class, seed=seed, classes=classes)
+        else:
+            specs = sim.specs(n_per_class, seed=seed, classes=seen)
+            specs += sim.specs(n_unseen, seed=seed + 3, classes=list(unseen)) if n_unseen else []
         _write_items(sim, tmp, specs, ext, imaging, batch_size, progress, f"render {out.name}")
         if n_test:
             test = sim.specs(n_test, seed=seed + 1, classes=seen)

@@ -74,6 +74,11 @@ class DataConfig(_Section):
     #: training-time augmentation: "octahedral" rotates each 3D training item by a random
     #: one of the 24 cube symmetries every epoch (exact; for uniform or grid rotations)
     augment: Literal["none", "octahedral"] = "none"
+    #: how simulated 3D items are rendered: "fast" rotates templates rendered once on a
+    #: grid twice as fine (one batched trilinear resampling; correlation with the exact
+    #: rendering above 0.99), "exact" renders every item exactly (tetracubes: partial
+    #: volumes; proteins: Gaussian sums at the voxel centres)
+    render: Literal["fast", "exact"] = "fast"
     #: render training items on the fly (fresh poses every epoch for simulated data;
     #: files read per batch for folders), locally or with Ray Data
     stream: bool = False

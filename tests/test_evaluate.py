@@ -177,3 +177,18 @@ def test_confusion_and_proximity_figures(tmp_path):
         data = p.read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5_000
     assert sorted(x.name for x in tmp_path.iterdir()) == ["confusion.png", "proximity.png"]
+
+
+def test_decoded_centres_identify_their_classes_only_when_they_differ():
+    from affvae.evaluate import decoded_identification
+    from affvae.transforms.augment import angle_to_matrix, rotate
+    from affvae.transforms.glyphs import render_glyphs
+
+    refs = render_glyphs(list("kaxz"), np.zeros(4), 32)
+    turned = rotate(refs, angle_to_matrix([30.0, -20.0, 10.0, 45.0]))  # decoded in other poses
+    good = decoded_identification(turned, refs, list("kaxz"), metric="ncc")
+    assert good["decoded_identification"] == 1.0
+    assert good["decoded_best_reference"] == {c: c for c in "kaxz"}
+    blob = np.repeat(refs[1:2], 4, axis=0)  # a decoder that ignores z: one object for every class
+    bad = decoded_identification(blob, refs, list("kaxz"), metric="ncc")
+    assert bad["decoded_identification"] == 0.25 and set(bad["decoded_best_reference"].values()) == {"a"}

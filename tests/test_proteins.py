@@ -167,3 +167,17 @@ def test_the_built_in_panel_reads_and_fits_the_default_box():
     assert len(sim.classes) >= 6
     sizes = {c: len(sim.atoms(c).z) for c in sim.classes}
     assert min(sizes.values()) >= 300 and max(sizes.values()) > 5 * min(sizes.values())
+
+
+def test_the_fast_path_matches_the_exact_maps():
+    from affvae.data.proteins import PANEL_DIR
+    from affvae.transforms.poses import item_poses
+
+    sim = ProteinSimulator(structures=[PANEL_DIR / "1ubi.pdb.gz", PANEL_DIR / "1pwc.pdb.gz"], size=24,
+                           resolution=18.0, voxel_size=6.0)
+    classes = ["1ubi", "1pwc"] * 4
+    poses = item_poses(1, np.arange(8), 3)
+    exact, fast = sim.render_exact(classes, poses), sim.render_fast(classes, poses)
+    for a, b in zip(exact, fast):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+    assert np.allclose(fast.sum((1, 2, 3)), exact.sum((1, 2, 3)), rtol=0.02)

@@ -44,7 +44,7 @@ def simulator_kwargs(d) -> dict:
     if d.source == "proteins":
         return {"structures": tuple(d.structures), "size": d.size or 64, "resolution": d.resolution,
                 "voxel_size": d.voxel_size or d.resolution / 3,
-                "rotation": d.rotation if d.rotation != "grid" else "uniform"}
+                "rotation": d.rotation if d.rotation != "grid" else "uniform", "fast": d.render == "fast"}
     if d.source == "alphanumeric":
         return {"size": d.size or 64, "glyphs": tuple(g for g in d.glyphs if not g.isspace()),
                 "glyph_size": d.glyph_size, "rotation": d.rotation if d.rotation != "grid" else "uniform"}
@@ -55,7 +55,7 @@ def simulator_kwargs(d) -> dict:
             raise ConfigError(f"data.fused: {f!r}: expected two tetracubes joined by '+', e.g. L+T")
         fused.append((parts[0], parts[1]))
     return {"size": d.size or 32, "shapes": tuple(d.shapes), "cube": d.cube, "elongation": d.elongation,
-            "fused": tuple(fused), "fuse_mode": d.fuse_mode, "rotation": d.rotation}
+            "fused": tuple(fused), "fuse_mode": d.fuse_mode, "rotation": d.rotation, "fast": d.render == "fast"}
 
 
 def make_simulator(d):

@@ -224,8 +224,9 @@ def decoded_centres(cfg, model, mu: np.ndarray, pose: np.ndarray, data, splits, 
     """How well the decoder's output at each class centre identifies the class (see
     :func:`affvae.evaluate.decoded_identification`).
 
-    A centre is the mean mu of the class's training items, decoded at their mean pose;
-    its reference is the class template, else the medoid of its first 32 training items.
+    A centre is the mean mu of the class's training items, decoded in the pose of the member
+    nearest it; its reference is the class template, else the medoid of its first 32
+    training items.
     """
     from affvae.affinity.matrix import medoid_index
     from affvae.affinity.metrics import get_metric
@@ -236,7 +237,10 @@ def decoded_centres(cfg, model, mu: np.ndarray, pose: np.ndarray, data, splits, 
     metric = cfg.data.affinity_metric if get_metric(cfg.data.affinity_metric).aligned_pairs else "ncc"
     members = {c: tr[data.labels[tr] == c] for c in classes}
     centres = np.stack([mu[members[c]].mean(0) for c in classes])
-    p = np.repeat(pose[tr].mean(0, keepdims=True), len(classes), 0) if pose.shape[1] else None
+    # each centre decoded in a pose the decoder has seen: that of the class member nearest the
+    # centre (a mean of poses can be a pose of no item)
+    typical = [members[c][np.argmin(((mu[members[c]] - centres[k]) ** 2).sum(1))] for k, c in enumerate(classes)]
+    p = pose[typical] if pose.shape[1] else None
     refs = []
     for c in classes:
         if c in data.templates:

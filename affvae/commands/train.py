@@ -66,18 +66,10 @@ def _resume_point(out, cfg):
     return path, state
 
 
-def main(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from affvae.checkpoints import check_matches, checkpoint_files
-    from affvae.config import load_config
-    from affvae.data.sources import build_dataset
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flags first: nothing is read, started or written for a command that cannot run."""
     from affvae.errors import AffvaeError
-    from affvae.model import build_model
-    from affvae.runs import save_run
-    from affvae.train import train
 
-    # flags first: nothing is read, started or written for a command that cannot run
     if args.workers < 0:
         raise AffvaeError(f"--workers {args.workers}: expected 0 (train in this process) or a number "
                           "of Ray Train workers, at least 1")
@@ -88,47 +80,71 @@ def main(args: argparse.Namespace) -> int:
     if args.workers and args.resume:
         raise AffvaeError("--resume with --workers: Ray Train resumes by itself after failures; "
                           "rerun without --workers to continue from RUN_DIR/checkpoints")
-    cfg = load_config(args.config, args.set)
-    out = Path(args.out)
+
+
+def _check_out(out, resume: bool, cfg):
+    """The run folder may be written: a checkpoint of this model to resume from, or a new run."""
+    from affvae.checkpoints import checkpoint_files
+    from affvae.errors import AffvaeError
+
     if out.exists() and not out.is_dir():
         raise AffvaeError(f"{out}: exists and is not a folder; --out names the run folder to write")
-    if args.resume:
-        # before any file of the run is touched: a checkpoint to resume from, of this model
-        resume_from, state = _resume_point(out, cfg)
-    elif (out / "model.pt").exists():
+    if resume:  # before any file of the run is touched
+        return _resume_point(out, cfg)
+    if (out / "model.pt").exists():
         raise AffvaeError(f"{out}: already holds a trained run; use --resume or another --out")
-    elif checkpoint_files(out / "checkpoints"):  # a fresh start would replace them one by one
+    if checkpoint_files(out / "checkpoints"):  # a fresh start would replace them one by one
         raise AffvaeError(f"{out}: holds an unfinished run ({checkpoint_files(out / 'checkpoints')[-1]}); "
                           "use --resume to continue it, or another --out")
-    data = build_dataset(cfg, progress=True)
-    print(f"data: {len(data)} items of {'x'.join(map(str, data.shape))}, train on "
-          f"{', '.join(data.classes)}; unseen: "
-          f"{', '.join(sorted(set(data.labels.tolist()) - set(data.classes))) or 'none'}")
-    if args.resume:
-        check_matches(state, resume_from, model=build_model(cfg, data.shape))
-        del state
+    return None
+
+
+def _fit(args: argparse.Namespace, cfg, data, out):
+    """Train in this process or with Ray Train workers."""
     if args.workers:
         from affvae.distributed import train_distributed
         from affvae.raysession import ensure_ray
 
         if args.address:
             ensure_ray(args.address)
-        result = train_distributed(cfg, data, workers=args.workers, use_gpu=args.gpu,
-                                   storage=out / "ray", max_failures=args.max_failures)
-    else:
-        from affvae.data.sources import resolve_affinity
-        from affvae.data.stream import stream_batches
+        return train_distributed(cfg, data, workers=args.workers, use_gpu=args.gpu,
+                                 storage=out / "ray", max_failures=args.max_failures)
+    from affvae.data.sources import resolve_affinity
+    from affvae.data.stream import stream_batches
+    from affvae.train import train
 
-        batches = stream_batches(cfg, data) if cfg.data.stream else None
-        result = train(cfg, data, resolve_affinity(cfg, data), batches, checkpoint_dir=out / "checkpoints",
-                       resume=args.resume, progress=sys.stderr.isatty(),
-                       report=None if sys.stderr.isatty() else _log_epoch)
+    batches = stream_batches(cfg, data) if cfg.data.stream else None
+    return train(cfg, data, resolve_affinity(cfg, data), batches, checkpoint_dir=out / "checkpoints",
+                 resume=args.resume, progress=sys.stderr.isatty(),
+                 report=None if sys.stderr.isatty() else _log_epoch)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from affvae.checkpoints import check_matches
+    from affvae.config import load_config
+    from affvae.data.sources import build_dataset
+    from affvae.model import build_model
+    from affvae.runs import save_run
+
+    _check_flags(args)
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out)
+    resume_from = _check_out(out, args.resume, cfg)
+    data = build_dataset(cfg, progress=True)
+    print(f"data: {len(data)} items of {'x'.join(map(str, data.shape))}, train on "
+          f"{', '.join(data.classes)}; unseen: "
+          f"{', '.join(sorted(set(data.labels.tolist()) - set(data.classes))) or 'none'}")
+    if resume_from is not None:
+        check_matches(resume_from[1], resume_from[0], model=build_model(cfg, data.shape))
+    result = _fit(args, cfg, data, out)
     # config.yaml, model.pt and the rest are (re)written only now that training succeeded
     metrics = save_run(result, data, out)
-    acc = metrics.get("accuracy")
-    line = f"trained {result.epochs_done} epochs in {result.seconds:.0f} s; test accuracy {acc:.3f}" \
-        if acc is not None else f"trained {result.epochs_done} epochs in {result.seconds:.0f} s"
-    print(line)
+    acc, val = metrics.get("accuracy"), metrics.get("val_accuracy")
+    print(f"trained {result.epochs_done} epochs in {result.seconds:.0f} s"
+          + (f"; validation accuracy {val:.3f}" if val is not None else "")
+          + (f"; test accuracy {acc:.3f}" if acc is not None else ""))
     for cls, near in (metrics.get("nearest_seen") or {}).items():
         print(f"  unseen {cls}: nearest seen centres {', '.join(near)}")
     print(f"run directory: {out}")

@@ -63,6 +63,20 @@ def plot_affinity(matrix, path, title: str = "affinity") -> Path:
     return plot_matrix(matrix.values, matrix.classes, path, title=title, colorbar_label="similarity")
 
 
+def class_colours(classes, unseen=()) -> dict[str, tuple]:
+    """The RGBA colour of each class in every picture of an embedding (``""``, unknown, gets none).
+
+    One palette (tab10, tab20 beyond ten classes) over the seen classes then the
+    unseen ones, so no unseen class shares a seen class's colour.
+    """
+    plt = _pyplot()
+    unseen = {str(c) for c in unseen}
+    names = [str(c) for c in classes if str(c) != ""]
+    ordered = [c for c in names if c not in unseen] + [c for c in names if c in unseen]
+    cmap = plt.get_cmap("tab10" if len(ordered) <= 10 else "tab20")
+    return {c: cmap(i % cmap.N) for i, c in enumerate(ordered)}
+
+
 def _draw_embedding(plt, ax, xy, labels, unseen, legend: bool, annotate: bool = True) -> None:
     from affvae.labels import as_labels
 
@@ -72,20 +86,19 @@ def _draw_embedding(plt, ax, xy, labels, unseen, legend: bool, annotate: bool = 
     classes = [c for c in np.unique(labels).tolist() if c != ""]
     seen_cls = [c for c in classes if c not in unseen]
     new_cls = [c for c in classes if c in unseen]
-    # one palette over seen then unseen classes, so no unseen class shares a seen colour
-    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    colour = class_colours(classes, unseen)
     n = max(1, xy.shape[0])
     size = float(np.clip(3000.0 / n, 4.0, 30.0)) * (1.0 if legend else 0.6)
     star = size * 4 + 20 if legend else size * 1.5 + 4  # small panels of a grid: lighter stars
     unknown = labels == ""
     if unknown.any():
         ax.scatter(xy[unknown, 0], xy[unknown, 1], s=size, c="0.7", lw=0, label="unknown")
-    for i, c in enumerate(seen_cls):
+    for c in seen_cls:
         m = labels == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=size, color=cmap(i % cmap.N), lw=0, alpha=0.8, label=c)
-    for i, c in enumerate(new_cls, start=len(seen_cls)):
+        ax.scatter(xy[m, 0], xy[m, 1], s=size, color=colour[c], lw=0, alpha=0.8, label=c)
+    for c in new_cls:
         m = labels == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=star, marker="*", color=cmap(i % cmap.N),
+        ax.scatter(xy[m, 0], xy[m, 1], s=star, marker="*", color=colour[c],
                    edgecolors="black", linewidths=0.6 if legend else 0.2, label=f"{c} (unseen)", zorder=3)
         if annotate:
             top = (np.median(xy[m, 0]), xy[m, 1].max())  # name just above the cluster

@@ -12,7 +12,8 @@ A run directory holds::
     embeddings.parquet   path, class, split, mu_*, pose_* (and the true pose if known)
     metrics.json         evaluation of the test split and the unseen classes
     predictions.csv      path,label,predicted,distance,novelty
-    figures/             embedding, confusion, proximity, traversal, interpolation, pose sweep
+    figures/             embedding, confusion, proximity, traversal, interpolation, pose sweep,
+                         latent_map.html (the embedding to hover: thumbnail, class, prediction)
     checkpoints/         the newest training checkpoints
 
 Everything is written atomically; evaluation is a pure function of the model,
@@ -138,6 +139,7 @@ def evaluate_items(model, latent_map: LatentMap, x: np.ndarray, labels: np.ndarr
     if figures and len(x):
         from affvae import figures as F
         from affvae.embed import embed
+        from affvae.latent_html import thumbnails, write_latent_map_html
         from affvae.plots import plot_confusion, plot_embedding, plot_proximity
 
         fig = out / "figures"
@@ -149,6 +151,9 @@ def evaluate_items(model, latent_map: LatentMap, x: np.ndarray, labels: np.ndarr
         write_embedding_2d(out / "embedding_2d.parquet", xy[:len(mu)], labels, unseen)
         plot_embedding(xy, lab, fig / "embedding.png", unseen=unseen,
                        title=f"latent mu ({embedding}); unseen: {', '.join(unseen) or 'none'}")
+        write_latent_map_html(fig / "latent_map.html", xy[:len(mu)], labels, pred["predicted"], pred["novelty"],
+                              thumbnails(x), unseen=unseen, paths=paths, seed=seed,
+                              title=f"{out.resolve().name}: latent mu ({embedding}) of the evaluated items")
         cm, rows, cols = confusion(labels, pred["predicted"], seen_classes)
         plot_confusion(cm, rows, cols, fig / "confusion.png")
         plot_proximity(proximity_matrix(latent_map), latent_map.classes, fig / "proximity.png")

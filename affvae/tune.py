@@ -497,7 +497,8 @@ def _log_trial(tracker, row: dict[str, Any], metrics: dict[str, Any]) -> None:
     step = row["epochs_done"]
     tracker.log_metrics(row["run_id"], final, step=step)
     tracker.log_artifacts(row["run_id"], [out / f for f in ARTIFACTS])
-    tracker.log_artifacts(row["run_id"], sorted((out / "figures").glob("*.png")), "figures")
+    figures = [*sorted((out / "figures").glob("*.png")), out / "figures" / "latent_map.html"]
+    tracker.log_artifacts(row["run_id"], figures, "figures")
     near = metrics.get("nearest_seen") or {}
     row["nearest_seen"] = "; ".join(f"{c}: {', '.join(v)}" for c, v in near.items())
     tags = {STATUS_TAG: row["status"], EVALUATED_TAG: "1", "affvae.run_dir": str(out)}

@@ -20,7 +20,7 @@ LAYERS = [
     ("config", "labels", "volumes", "raysession", "transforms"),
     ("affinity",),
     ("data",),
-    ("latent_map", "evaluate", "embed", "plots", "figures"),
+    ("latent_map", "evaluate", "embed", "plots", "figures", "latent_html"),
     ("deconv", "model", "losses", "checkpoints", "train", "supervised"),
     ("distributed",),
     ("tracking", "runs", "tune"),

@@ -65,3 +65,32 @@ def test_the_mlp_classifier_is_evaluated_from_the_training_mu(tmp_path):
     rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
     assert {r["predicted"] for r in rows} <= {"a", "e", "i"}
     assert metrics["n_seen"] == sum(r["label"] != "o" for r in rows) > 0
+
+
+def test_an_evaluation_with_figures_writes_the_latent_map_page(tmp_path):
+    # one point per evaluated item, with the predictions and novelty of predictions.csv
+    import re
+
+    import torch
+
+    from affvae.model import AffinityVAE
+    from affvae.runs import evaluate_items
+
+    torch.manual_seed(0)
+    model = AffinityVAE((16, 16), filters=(4, 8), latent_dims=3, pose_dims=1, batch_norm=False)
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 16, 16)).astype(np.float32)
+    labels = np.array(["a", "b", "c"] * 4)
+    mu = model.encode(torch.from_numpy(x))[0].detach().numpy()
+    lm = LatentMap.fit(mu, labels, ["a", "b"])
+    paths = [f"{lab}_{i}.npy" for i, lab in enumerate(labels)]
+    evaluate_items(model, lm, x, labels, paths, tmp_path, ["a", "b"], embedding="pca")
+    page = tmp_path / "figures" / "latent_map.html"
+    text = page.read_text(encoding="utf-8")
+    data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', text, re.S)[1])
+    rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
+    assert data["path"] == [r["path"] for r in rows] == paths
+    assert data["pred"] == [r["predicted"] for r in rows]
+    np.testing.assert_allclose(data["nov"], [float(r["novelty"]) for r in rows], rtol=1e-3)
+    assert [(c["name"], c["unseen"]) for c in data["classes"]] == [("a", False), ("b", False), ("c", True)]
+    assert (tmp_path / "figures" / "embedding.png").is_file()

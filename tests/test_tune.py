@@ -99,3 +99,19 @@ def test_the_tune_command_turns_flags_into_a_search_space():
     assert 1e-4 <= space["train.lr"].sample() <= 1e-2
     with pytest.raises(ConfigError, match=r"--uniform 'model.latent_dims=8': expected KEY=LO:HI"):
         build_space(p.parse_args(["--out", "x", "--uniform", "model.latent_dims=8"]))
+
+
+def test_a_trials_figures_and_latent_map_page_are_logged_to_its_run(tmp_path):
+    from affvae.tune import _log_trial
+
+    run_dir = tmp_path / "trial"
+    (run_dir / "figures").mkdir(parents=True)
+    for name in ("embedding.png", "confusion.png", "latent_map.html"):
+        (run_dir / "figures" / name).write_bytes(b"x")
+    (run_dir / "metrics.json").write_text("{}")
+    tracker = StudyTracker(f"sqlite:///{tmp_path}/m.db", "s", artifact_dir=tmp_path / "art")
+    rid = tracker.trial_run("t0", "n0", {})
+    row = {"run_id": rid, "run_dir": str(run_dir), "epochs_done": 1, "status": "completed"}
+    _log_trial(tracker, row, {"accuracy": 0.5})
+    assert {a.path for a in tracker.client.list_artifacts(rid, "figures")} == {
+        "figures/embedding.png", "figures/confusion.png", "figures/latent_map.html"}

@@ -72,8 +72,9 @@ class DataConfig(_Section):
     cube: float | None = Field(default=None, gt=0)
     elongation: float = Field(default=1.0, gt=0)
     #: training-time augmentation: "octahedral" rotates each 3D training item by a random
-    #: one of the 24 cube symmetries every epoch (exact; for uniform or grid rotations)
-    augment: Literal["none", "octahedral"] = "none"
+    #: one of the 24 cube symmetries every epoch (exact; for uniform or grid rotations);
+    #: "auto" (the default): octahedral for 3D volumes, none for 2D images
+    augment: Literal["auto", "none", "octahedral"] = "auto"
     #: how simulated 3D items are rendered: "fast" rotates templates rendered once on a
     #: grid twice as fine (one batched trilinear resampling; correlation with the exact
     #: rendering above 0.99), "exact" renders every item exactly (tetracubes: partial
@@ -92,7 +93,7 @@ class DataConfig(_Section):
     ctf_defocus: float | None = Field(default=None, gt=0, le=20)
     wedge: float | None = Field(default=None, gt=0, lt=90)
     #: per-item intensity normalisation: minmax to [0, 1], standard (z-score), none
-    normalise: Literal["minmax", "standard", "none"] = "minmax"
+    normalise: Literal["minmax", "standard", "none"] = "standard"
     #: affinity CSV; if unset, the folder's affinity*.csv, else computed with ``affinity_metric``
     affinity: str | None = None
     affinity_metric: str = "fsc"
@@ -102,9 +103,11 @@ class DataConfig(_Section):
     #: compares as they lie; a number N takes the best of N fixed rotations
     affinity_align: int | Literal["auto", "refine"] = "auto"
     #: stretch the affinity's off-diagonal linearly onto [lo, hi] (the least similar pair of
-    #: classes to lo, the most similar to hi), e.g. [-1, 0] as the reference implementation's
-    #: matrices; null keeps the values as computed or read
-    affinity_range: tuple[float, float] | None = None
+    #: classes to lo, the most similar to hi), as the reference implementation's matrices are
+    #: (-1 to -0.04): the order of similarity kept, spread over cosines the latent space can
+    #: hold apart (aligned template FSCs of proteins lie at 0.05 to 0.9); null keeps the
+    #: values as computed or read
+    affinity_range: tuple[float, float] | None = (-1.0, 0.0)
     val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
 
@@ -130,11 +133,18 @@ class DataConfig(_Section):
             raise ValueError("data.val_fraction + data.test_fraction must leave at least 10% to train")
         return self
 
+    def augmentation(self, ndim: int) -> str:
+        """The augmentation of ``ndim``-D items, "auto" resolved: octahedral for 3D, none for 2D."""
+        if self.augment == "auto":
+            return "octahedral" if ndim == 3 else "none"
+        return self.augment
+
 
 class ModelConfig(_Section):
     #: channels of each conv block; the number of blocks is the depth
     filters: list[int] = Field(default_factory=lambda: [8, 16, 32], min_length=1, max_length=6)
-    latent_dims: int = Field(default=8, ge=1, le=512)
+    #: at least the number of classes: S asks for class directions as far apart as A says
+    latent_dims: int = Field(default=16, ge=1, le=512)
     #: 0 turns the pose head off
     pose_dims: int = Field(default=1, ge=0, le=64)
     batch_norm: bool = True
@@ -162,7 +172,9 @@ class Schedule(_Section):
 
 
 class LossConfig(_Section):
-    beta: float = Field(default=1.0, ge=0.0)
+    #: KL weight; in the reference convention recon is a per-voxel mean, so beta ~ 1 outweighs
+    #: what the decoder gains from z and z is ignored (the decoder draws one blob)
+    beta: float = Field(default=0.001, ge=0.0)
     gamma: float = Field(default=2.0, ge=0.0)
     beta_schedule: Schedule = Field(default_factory=Schedule)
     gamma_schedule: Schedule = Field(default_factory=Schedule)
@@ -170,10 +182,10 @@ class LossConfig(_Section):
     convention: Literal["reference", "formula"] = "reference"
     #: weight, inside S, of each item's pairs with fixed class anchors whose cosines
     #: realise A (0: the paper's S over the batch's pairs only)
-    anchors: float = Field(default=0.0, ge=0.0)
+    anchors: float = Field(default=1.0, ge=0.0)
     #: how S weighs its pairs: "uniform" (every pair alike, the paper's S) or "balanced"
     #: (pairs of one class and pairs of two classes as two equal halves)
-    pairs: Literal["uniform", "balanced"] = "uniform"
+    pairs: Literal["uniform", "balanced"] = "balanced"
 
 
 class TrainConfig(_Section):
@@ -201,7 +213,7 @@ class EvalConfig(_Section):
     classifier: Literal["nearest", "mlp"] = "nearest"
     #: the latent map's geometry: nearest centre by Euclidean distance of mu, or by the
     #: cosine of mu and the class's mean direction (what the affinity term shapes)
-    distance: Literal["euclidean", "cosine"] = "euclidean"
+    distance: Literal["euclidean", "cosine"] = "cosine"
     #: training items whose mu (eval mode) give the per-epoch latent map behind
     #: val_accuracy: all of the training split up to this many, else a fixed stratified
     #: subset of this size

@@ -143,7 +143,7 @@ class Session:
 
     @property
     def augment(self) -> bool:
-        return self.cfg.data.augment == "octahedral"
+        return self.cfg.data.augmentation(self.data.x.ndim - 1) == "octahedral"
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext()

@@ -26,7 +26,7 @@ from affvae.tune import StudySpec, deep_update, study_main
 BASE = {
     "seed": 0,
     "data": {"source": "alphanumeric", "size": 64, "glyphs": "aebdpijz2kxu", "unseen": ["2"],
-             "n_per_class": 300, "affinity_metric": "fsc"},
+             "n_per_class": 300, "affinity_metric": "fsc", "normalise": "minmax"},
     "model": {"filters": [8, 16, 32], "latent_dims": 8, "pose_dims": 1},
     "loss": {"beta": 1.0, "gamma": 2.0, "recon": "bce"},
     "train": {"epochs": 30, "batch_size": 32, "lr": 1e-3, "threads": 1, "checkpoint_every": 1},

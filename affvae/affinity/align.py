@@ -8,7 +8,7 @@ most alike.  A brute-force search needs thousands of rotations to come within a
 few degrees of the best one; instead:
 
 1. **coarse**: a fixed set of rotations uniform over SO(3) (``coarse``, default
-   :data:`COARSE`, about 20 degrees apart); each is applied to every object as one
+   :data:`COARSE`, about 25 degrees apart); each is applied to every object as one
    batch and compared with all objects as one matrix, keeping each pair's best;
 2. **refine**: each pair's rotation is improved by local search: the best of itself
    and its compositions with small rotations about 13 axes, both ways, at
@@ -38,8 +38,8 @@ from affvae.affinity.metrics import get_metric
 from affvae.errors import AffinityError
 from affvae.transforms.augment import resize_to_box, rotate
 
-#: coarse rotations over SO(3): about 20 degrees between neighbours
-COARSE = 600
+#: coarse rotations over SO(3): about 25 degrees between neighbours
+COARSE = 300
 #: degrees of the local search's steps, largest first
 STEPS = (10.0, 5.0, 2.5, 1.25)
 #: rounds of local search at each step size

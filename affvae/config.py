@@ -90,6 +90,9 @@ class DataConfig(_Section):
     normalise: Literal["minmax", "standard", "none"] = "minmax"
     #: affinity CSV; if unset, the folder's affinity*.csv, else computed with ``affinity_metric``
     affinity: str | None = None
+    #: refuse an asymmetric affinity CSV instead of using its symmetric part (A + A^T)/2
+    #: (with a warning naming the largest |A - A^T|)
+    affinity_strict: bool = False
     affinity_metric: str = "fsc"
     #: rotational alignment of the templates before comparing them: "auto" (the default)
     #: searches SO(3) coarse to fine for 3D templates, which come in arbitrary frames, and

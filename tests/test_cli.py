@@ -91,20 +91,38 @@ def _bad_cases(tetra, tmp):
         f.data[1, 2, 3] = np.nan
     cases.append(("NaN", d, [], first["L"]))
     d = copy_folder(tetra, tmp / "noclass")
-    (d / "classes.csv").write_text("I,O,Z\n")
-    cases.append(("class without files", d, [], "'Z'"))
-    for name, text, needle in [
-        ("not square", "I,O\n1,0\n", "not square"),
-        ("not symmetric", "I,O,T,L,S,branch,screwR,screwL\n" + "\n".join(
-            ",".join("0.3" if (i, j) == (0, 1) else ("1" if i == j else "0") for j in range(8))
-            for i in range(8)) + "\n", "not symmetric"),
-        ("outside", "I,O\n1,2\n2,1\n", "outside"),
-        ("missing class", "I,O\n1,0\n0,1\n", "missing class"),
+    (d / "classes.csv").write_text("Z,Q\n")  # one class without files only warns; none left is refused
+    cases.append(("no class with files", d, [], "classes 'Z', 'Q' listed to train on"))
+    for name, text, extra, needle in [
+        ("not square", "I,O\n1,0\n", [], "not square"),
+        ("not symmetric", ASYM_TETRA, ["--strict"], "not symmetric: (I, O) = 0.3 but (O, I) = 0"),
+        ("outside", "I,O\n1,2\n2,1\n", [], "outside"),
+        ("missing class", "I,O\n1,0\n0,1\n", [], "missing class"),
     ]:
         d = copy_folder(tetra, tmp / name.replace(" ", "_"))
         (d / "affinity.csv").write_text(text)
-        cases.append((name, d, [], needle))
+        cases.append((name, d, extra, needle))
     return cases
+
+
+#: the eight tetracubes' affinity with (I, O) = 0.3 but (O, I) = 0
+ASYM_TETRA = "I,O,T,L,S,branch,screwR,screwL\n" + "\n".join(
+    ",".join("0.3" if (i, j) == (0, 1) else ("1" if i == j else "0") for j in range(8))
+    for i in range(8)) + "\n"
+
+
+def test_check_warns_and_goes_on_over_what_reference_folders_hold(tetra, tmp_path, capsys):
+    d = copy_folder(tetra, tmp_path / "d")
+    (d / "affinity.csv").write_text(ASYM_TETRA)
+    (d / "classes.csv").write_text("I,O,Z,T\n")
+    assert main(["check", str(d)]) == 0
+    out, err = capsys.readouterr()
+    w_classes, w_aff = warnings_of(err)
+    assert f"{d / 'classes.csv'}: class 'Z' listed to train on" in w_classes and "training on the other 3" in w_classes
+    assert f"{d / 'affinity.csv'}: not symmetric, largest |A - A^T| is 0.3 at (I, O)" in w_aff
+    assert "classes to train on (3): I 3, O 3, T 3" in out and "affinity: 3x3" in out
+    assert main(["check", str(d), "--strict"]) == 2
+    assert "affinity.csv: not symmetric: (I, O) = 0.3" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_each_bad_input_fails_with_one_clear_line(tetra, tmp_path, capsys):

@@ -72,8 +72,10 @@ class DataConfig(_Section):
     cube: float | None = Field(default=None, gt=0)
     elongation: float = Field(default=1.0, gt=0)
     #: training-time augmentation: "octahedral" rotates each 3D training item by a random
-    #: one of the 24 cube symmetries every epoch (exact; for uniform or grid rotations)
-    augment: Literal["none", "octahedral"] = "none"
+    #: one of the 24 cube symmetries every epoch (exact; for uniform or grid rotations);
+    #: "auto" does so for 3D items and leaves 2D ones as they are (one config for folders
+    #: of either kind)
+    augment: Literal["none", "octahedral", "auto"] = "none"
     #: render training items on the fly (fresh poses every epoch for simulated data;
     #: files read per batch for folders), locally or with Ray Data
     stream: bool = False

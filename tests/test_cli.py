@@ -1,5 +1,6 @@
 """The command line as a user runs it: exit codes, one-line errors, files on disk."""
 
+import json
 import os
 import shutil
 import signal
@@ -516,3 +517,23 @@ def test_evaluate_warns_when_it_resizes_items(run_ok, tmp_path, capsys):
     assert main(["evaluate", str(run_ok), str(d), "--no-figures", "--out", str(tmp_path / "ev")]) == 0
     (line,) = warnings_of(capsys.readouterr().err)
     assert f"{d}: items of 8x16x40, but the run was trained on 16x16x16: resizing them to 16x16x16" in line
+
+
+def test_evaluate_resizes_files_of_the_training_shape_silently(tiny, base, tmp_path, capsys):
+    run = tmp_path / "run8"
+    assert main(["train", "--config", str(tiny), "--set", "data.size=8", "--set", "train.epochs=1",
+                 "--out", str(run)]) == 0
+    assert json.loads((run / "run.json").read_text())["file_shape"] == [16, 16, 16]
+    d = tmp_path / "same"  # files like the training ones (16^3), resized to 8^3 as training did
+    for c in "IO":
+        shutil.copy(sorted(base.glob(f"{c}_*.mrc"))[0], d.mkdir(exist_ok=True) or d)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), str(d), "--no-figures"]) == 0
+    assert warnings_of(capsys.readouterr().err) == []
+    other = tmp_path / "other"
+    for c in "IO":
+        write_volume(other / f"{c}_0.mrc", np.random.default_rng(0).random((12, 12, 12)))
+    assert main(["evaluate", str(run), str(other), "--no-figures"]) == 0
+    (line,) = warnings_of(capsys.readouterr().err)
+    assert (f"{other}: items of 12x12x12, but the run was trained on 8x8x8 (files of 16x16x16 resized): "
+            "resizing them to 8x8x8") in line

@@ -181,7 +181,8 @@ def test_strict_refuses_an_asymmetric_affinity(vol_dir, capsys):
 
 def test_resize_to_box(vol_dir, img_dir):
     ds = load_folder(vol_dir, size=4)
-    assert ds.x.shape == (7, 4, 4, 4) and ds.shape == (4, 4, 4)
+    assert ds.x.shape == (7, 4, 4, 4) and ds.shape == (4, 4, 4) and ds.file_shape == (8, 8, 8)
+    assert load_folder(img_dir).file_shape == (16, 16)
     assert ds.templates["a"].shape == (4, 4, 4)
     np.testing.assert_allclose(ds.x.mean(axis=(1, 2, 3)), [1, 1, 1, 2, 2, 3, 3], rtol=1e-5)
     np.testing.assert_allclose(ds.templates["b"].mean(), 20.0, rtol=1e-5)

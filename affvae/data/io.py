@@ -336,6 +336,8 @@ class Dataset:
     poses: np.ndarray | None = None
     #: per-item seeds of simulated items (their noise); folder items get theirs from their index
     seeds: np.ndarray | None = None
+    #: the shape of one item in its file, before any resizing to a box (folder data)
+    file_shape: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -429,6 +431,7 @@ def load_folder(
         templates[cls] = t
     if test_folder:
         check_test_folder(root, x.shape[1:])
+    file_shape = tuple(int(n) for n in x.shape[1:])
 
     if size is not None:
         x = _resize(x, int(size))
@@ -445,4 +448,5 @@ def load_folder(
         classes=list(index.classes),
         templates=templates,
         affinity=index.affinity,
+        file_shape=file_shape,
     )

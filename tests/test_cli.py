@@ -362,7 +362,10 @@ def test_the_test_folder_is_validated_by_check_and_train(tiny, base, tmp_path, c
     assert not out.exists()
     (d / "test" / t).unlink()
     assert main(["check", str(d)]) == 0
-    assert "test/: 2 items (I 1, O 1)" in capsys.readouterr().out
+    assert "test/: 2 items (I 1, O 1); evaluate them" in capsys.readouterr().out
+    shutil.copy(sorted(d.glob("L_*.mrc"))[0], d / "test" / "L_new.mrc")  # L is held out of training
+    assert main(["check", str(d)]) == 0
+    assert "test/: 3 items (I 1, L 1, O 1), not trained on: L (evaluated as unseen)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -53,6 +53,8 @@ def main(args: argparse.Namespace) -> int:
             pass
         else:
             tc = {c: int((ti.labels == c).sum()) for c in sorted(set(ti.labels.tolist()))}
-            print(f"  test/: {len(ti)} items ({', '.join(f'{c} {n}' for c, n in tc.items())}); evaluate them "
-                  f"with affvae evaluate RUN {test}")
+            new = [c for c in tc if c not in ds.classes]
+            print(f"  test/: {len(ti)} items ({', '.join(f'{c} {n}' for c, n in tc.items())})"
+                  + (f", not trained on: {', '.join(new)} (evaluated as unseen)" if new else "")
+                  + f"; evaluate them with affvae evaluate RUN {test}")
     return 0

@@ -96,6 +96,9 @@ class DataConfig(_Section):
     normalise: Literal["minmax", "standard", "none"] = "standard"
     #: affinity CSV; if unset, the folder's affinity*.csv, else computed with ``affinity_metric``
     affinity: str | None = None
+    #: refuse an asymmetric affinity CSV instead of using its symmetric part (A + A^T)/2
+    #: (with a warning naming the largest |A - A^T|)
+    affinity_strict: bool = False
     affinity_metric: str = "fsc"
     #: rotational alignment of the templates before comparing them: "auto" (the default)
     #: searches SO(3) coarse to fine for 3D templates, which come in arbitrary frames, and
@@ -132,12 +135,6 @@ class DataConfig(_Section):
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction must leave at least 10% to train")
         return self
-
-    def augmentation(self, ndim: int) -> str:
-        """The augmentation of ``ndim``-D items, "auto" resolved: octahedral for 3D, none for 2D."""
-        if self.augment == "auto":
-            return "octahedral" if ndim == 3 else "none"
-        return self.augment
 
 
 class ModelConfig(_Section):

@@ -4,7 +4,8 @@ A run directory holds::
 
     config.yaml          the fully resolved config
     provenance.json      affvae version, git commit, command line, seed, time
-    run.json             input shape, classes, epochs done, wall time, device
+    run.json             input shape, classes, epochs done, wall time, device, and for
+                         folder data the shape of the files before resizing (file_shape)
     model.pt             the state dict (load with weights_only=True)
     history.csv          one row per epoch: train_/val_ terms, val_accuracy, weights
     affinity.csv         the affinity matrix used (when gamma > 0)
@@ -183,6 +184,7 @@ def save_run(result, data, run_dir: str | os.PathLike) -> dict[str, Any]:
         "shape": list(model.shape), "classes": result.classes, "epochs_done": result.epochs_done,
         "seconds": result.seconds, "stopped_early": result.stopped_early,
         "output": model.output, "n_items": len(data),
+        **({"file_shape": list(data.file_shape)} if getattr(data, "file_shape", None) else {}),
     })
     if result.history:
         keys = list(dict.fromkeys(k for h in result.history for k in h))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from affvae.data.splits import Splits, splits_of
 from affvae.model import build_model
-from affvae.transforms.augment import random_octahedral
+from affvae.transforms.augment import octahedral_augment, random_octahedral
 
 
 @dataclass(eq=False)
@@ -86,7 +86,7 @@ def train_classifier(cfg, data, epochs: int | None = None) -> Classifier:
             idx = order[start:start + cfg.train.batch_size]
             if len(idx) < 2:  # batch norm needs two items
                 continue
-            xb = random_octahedral(x[idx], gen) if cfg.data.augmentation(data.x.ndim - 1) == "octahedral" else x[idx]
+            xb = random_octahedral(x[idx], gen) if octahedral_augment(cfg.data.augment, data.ndim) else x[idx]
             loss = F.cross_entropy(net(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

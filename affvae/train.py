@@ -51,7 +51,7 @@ from affvae.data.splits import Splits, splits_of
 from affvae.errors import AffvaeError, ConfigError, DataError
 from affvae.losses import class_anchors, loss_terms, schedule_value
 from affvae.model import AffinityVAE, build_model
-from affvae.transforms.augment import random_octahedral
+from affvae.transforms.augment import octahedral_augment, random_octahedral
 
 TERMS = ("recon", "kl", "affinity", "total")
 
@@ -143,7 +143,7 @@ class Session:
 
     @property
     def augment(self) -> bool:
-        return self.cfg.data.augmentation(self.data.x.ndim - 1) == "octahedral"
+        return octahedral_augment(self.cfg.data.augment, self.data.ndim)
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext()
@@ -164,7 +164,7 @@ def setup(cfg, data: Dataset, affinity: AffinityMatrix | None, device: torch.dev
     if cfg.loss.gamma > 0 and affinity is None:
         raise ConfigError("loss.gamma > 0 needs an affinity matrix (resolve one for the data first)")
     if cfg.data.augment == "octahedral" and data.x.ndim != 4:
-        raise DataError("data.augment: octahedral needs 3D volumes")
+        raise DataError("data.augment: octahedral needs 3D volumes (auto applies it to 3D items only)")
     classes = list(data.classes)
     A = torch.as_tensor(affinity.values, dtype=torch.float32, device=device) if affinity is not None else None
     class_of = {c: i for i, c in enumerate(classes)}

@@ -1,5 +1,6 @@
 """The command line as a user runs it: exit codes, one-line errors, files on disk."""
 
+import json
 import os
 import shutil
 import signal
@@ -91,20 +92,38 @@ def _bad_cases(tetra, tmp):
         f.data[1, 2, 3] = np.nan
     cases.append(("NaN", d, [], first["L"]))
     d = copy_folder(tetra, tmp / "noclass")
-    (d / "classes.csv").write_text("I,O,Z\n")
-    cases.append(("class without files", d, [], "'Z'"))
-    for name, text, needle in [
-        ("not square", "I,O\n1,0\n", "not square"),
-        ("not symmetric", "I,O,T,L,S,branch,screwR,screwL\n" + "\n".join(
-            ",".join("0.3" if (i, j) == (0, 1) else ("1" if i == j else "0") for j in range(8))
-            for i in range(8)) + "\n", "not symmetric"),
-        ("outside", "I,O\n1,2\n2,1\n", "outside"),
-        ("missing class", "I,O\n1,0\n0,1\n", "missing class"),
+    (d / "classes.csv").write_text("Z,Q\n")  # one class without files only warns; none left is refused
+    cases.append(("no class with files", d, [], "classes 'Z', 'Q' listed to train on"))
+    for name, text, extra, needle in [
+        ("not square", "I,O\n1,0\n", [], "not square"),
+        ("not symmetric", ASYM_TETRA, ["--strict"], "not symmetric: (I, O) = 0.3 but (O, I) = 0"),
+        ("outside", "I,O\n1,2\n2,1\n", [], "outside"),
+        ("missing class", "I,O\n1,0\n0,1\n", [], "missing class"),
     ]:
         d = copy_folder(tetra, tmp / name.replace(" ", "_"))
         (d / "affinity.csv").write_text(text)
-        cases.append((name, d, [], needle))
+        cases.append((name, d, extra, needle))
     return cases
+
+
+#: the eight tetracubes' affinity with (I, O) = 0.3 but (O, I) = 0
+ASYM_TETRA = "I,O,T,L,S,branch,screwR,screwL\n" + "\n".join(
+    ",".join("0.3" if (i, j) == (0, 1) else ("1" if i == j else "0") for j in range(8))
+    for i in range(8)) + "\n"
+
+
+def test_check_warns_and_goes_on_over_what_reference_folders_hold(tetra, tmp_path, capsys):
+    d = copy_folder(tetra, tmp_path / "d")
+    (d / "affinity.csv").write_text(ASYM_TETRA)
+    (d / "classes.csv").write_text("I,O,Z,T\n")
+    assert main(["check", str(d)]) == 0
+    out, err = capsys.readouterr()
+    w_classes, w_aff = warnings_of(err)
+    assert f"{d / 'classes.csv'}: class 'Z' listed to train on" in w_classes and "training on the other 3" in w_classes
+    assert f"{d / 'affinity.csv'}: not symmetric, largest |A - A^T| is 0.3 at (I, O)" in w_aff
+    assert "classes to train on (3): I 3, O 3, T 3" in out and "affinity: 3x3" in out
+    assert main(["check", str(d), "--strict"]) == 2
+    assert "affinity.csv: not symmetric: (I, O) = 0.3" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_each_bad_input_fails_with_one_clear_line(tetra, tmp_path, capsys):
@@ -343,7 +362,10 @@ def test_the_test_folder_is_validated_by_check_and_train(tiny, base, tmp_path, c
     assert not out.exists()
     (d / "test" / t).unlink()
     assert main(["check", str(d)]) == 0
-    assert "test/: 2 items (I 1, O 1)" in capsys.readouterr().out
+    assert "test/: 2 items (I 1, O 1); evaluate them" in capsys.readouterr().out
+    shutil.copy(sorted(d.glob("L_*.mrc"))[0], d / "test" / "L_new.mrc")  # L is held out of training
+    assert main(["check", str(d)]) == 0
+    assert "test/: 3 items (I 1, L 1, O 1), not trained on: L (evaluated as unseen)" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -498,3 +520,23 @@ def test_evaluate_warns_when_it_resizes_items(run_ok, tmp_path, capsys):
     assert main(["evaluate", str(run_ok), str(d), "--no-figures", "--out", str(tmp_path / "ev")]) == 0
     (line,) = warnings_of(capsys.readouterr().err)
     assert f"{d}: items of 8x16x40, but the run was trained on 16x16x16: resizing them to 16x16x16" in line
+
+
+def test_evaluate_resizes_files_of_the_training_shape_silently(tiny, base, tmp_path, capsys):
+    run = tmp_path / "run8"
+    assert main(["train", "--config", str(tiny), "--set", "data.size=8", "--set", "train.epochs=1",
+                 "--out", str(run)]) == 0
+    assert json.loads((run / "run.json").read_text())["file_shape"] == [16, 16, 16]
+    d = tmp_path / "same"  # files like the training ones (16^3), resized to 8^3 as training did
+    for c in "IO":
+        shutil.copy(sorted(base.glob(f"{c}_*.mrc"))[0], d.mkdir(exist_ok=True) or d)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), str(d), "--no-figures"]) == 0
+    assert warnings_of(capsys.readouterr().err) == []
+    other = tmp_path / "other"
+    for c in "IO":
+        write_volume(other / f"{c}_0.mrc", np.random.default_rng(0).random((12, 12, 12)))
+    assert main(["evaluate", str(run), str(other), "--no-figures"]) == 0
+    (line,) = warnings_of(capsys.readouterr().err)
+    assert (f"{other}: items of 12x12x12, but the run was trained on 8x8x8 (files of 16x16x16 resized): "
+            "resizing them to 8x8x8") in line

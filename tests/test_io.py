@@ -145,7 +145,6 @@ def test_explicit_affinity_path(vol_dir, tmp_path):
 @pytest.mark.parametrize("text,match", [
     ("a,b\n1,0.5\n0.5,1\n", r"aff\.csv: missing class 'c'"),
     ("a,b,c\n1,0.5,0\n0.5,1,0\n", r"aff\.csv: not square"),
-    ("a,b,c\n1,0.5,0\n0.4,1,0\n0,0,1\n", r"aff\.csv: not symmetric"),
     ("a,b,c\n1,2,0\n2,1,0\n0,0,1\n", r"aff\.csv: value 2 .* outside \[-1, 1\]"),
 ])
 def test_bad_affinity_csv(vol_dir, text, match):
@@ -154,9 +153,36 @@ def test_bad_affinity_csv(vol_dir, text, match):
         index_folder(vol_dir, affinity=vol_dir / "aff.csv")
 
 
+ASYM_TEXT = "a,b,c\n1.0,0.5,-0.25\n0.3,1.0,0.1\n-0.25,0.1,1.0\n"  # (a, b) 0.5 but (b, a) 0.3
+
+
+def test_asymmetric_affinity_csv_is_symmetrised_with_a_warning(vol_dir, capsys):
+    (vol_dir / "affinity.csv").write_text(ASYM_TEXT)
+    (vol_dir / "classes.csv").write_text("b,a\n")
+    ds = load_folder(vol_dir)
+    assert ds.affinity.classes == ("b", "a")
+    np.testing.assert_allclose(ds.affinity.values, [[1.0, 0.4], [0.4, 1.0]])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"{vol_dir / 'affinity.csv'}: not symmetric, largest |A - A^T| is 0.2 at (a, b)" in line
+
+
+def test_strict_refuses_an_asymmetric_affinity(vol_dir, capsys):
+    (vol_dir / "affinity.csv").write_text(ASYM_TEXT)
+    for call in (index_folder, load_folder):
+        with pytest.raises(AffinityError, match=r"affinity\.csv: not symmetric: \(a, b\) = 0.5"):
+            call(vol_dir, strict=True)
+    # a matrix given in memory: symmetrised the same way, or refused when strict
+    m = AffinityMatrix(("a", "b", "c"), np.array([[1, 0.5, 0], [0.3, 1, 0], [0, 0, 1]]))
+    assert index_folder(vol_dir, affinity=m).affinity.values[0, 1] == pytest.approx(0.4)
+    assert "affinity argument: not symmetric" in capsys.readouterr().err
+    with pytest.raises(AffinityError, match=r"affinity argument: not symmetric"):
+        index_folder(vol_dir, affinity=m, strict=True)
+
+
 def test_resize_to_box(vol_dir, img_dir):
     ds = load_folder(vol_dir, size=4)
-    assert ds.x.shape == (7, 4, 4, 4) and ds.shape == (4, 4, 4)
+    assert ds.x.shape == (7, 4, 4, 4) and ds.shape == (4, 4, 4) and ds.file_shape == (8, 8, 8)
+    assert load_folder(img_dir).file_shape == (16, 16)
     assert ds.templates["a"].shape == (4, 4, 4)
     np.testing.assert_allclose(ds.x.mean(axis=(1, 2, 3)), [1, 1, 1, 2, 2, 3, 3], rtol=1e-5)
     np.testing.assert_allclose(ds.templates["b"].mean(), 20.0, rtol=1e-5)
@@ -233,7 +259,8 @@ def test_duplicate_template(vol_dir):
 
 
 @pytest.mark.parametrize("text,match", [
-    ("a,zz,yy\n", r"classes\.csv: classes 'zz', 'yy' listed to train on"),
+    ("zz,yy\n", r"classes\.csv: classes 'zz', 'yy' listed to train on but .* has no "
+                r"<class>_\*\.mrc\|\.mrcs\|\.npy file for them \(found a, b, c\)"),
     ("a,a\n", r"classes\.csv: duplicate class name\(s\) 'a'"),
     ("\n\n", r"classes\.csv: empty"),
     ("a\nb\n", r"classes\.csv: 2 non-blank lines"),
@@ -242,6 +269,18 @@ def test_bad_classes_csv(vol_dir, text, match):
     (vol_dir / "classes.csv").write_text(text)
     with pytest.raises(DataError, match=match):
         index_folder(vol_dir)
+
+
+def test_classes_csv_class_without_files_is_dropped_with_a_warning(vol_dir, capsys):
+    (vol_dir / "classes.csv").write_text("c,zz,a,yy\n")
+    (vol_dir / "affinity.csv").write_text(AFF_TEXT)  # has no zz or yy: only the classes kept count
+    ds = load_folder(vol_dir)
+    assert ds.classes == ["c", "a"] and ds.labels[~ds.seen].tolist() == ["b", "b"]
+    assert ds.affinity.classes == ("c", "a")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"affvae: warning: {vol_dir / 'classes.csv'}: classes 'zz', 'yy' listed to "
+                           "train on but")
+    assert line.endswith("training on the other 2 (c, a)")
 
 
 def test_classes_argument_missing_class(vol_dir):

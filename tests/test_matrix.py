@@ -29,17 +29,64 @@ def test_pandas_index_column_is_tolerated(tmp_path):
 
 @pytest.mark.parametrize("text, match", [
     ("a,b\n1,0.5\n", "not square"),
-    ("a,b\n1,0.5\n0.4,1\n", "not symmetric.*\\(a, b\\)"),
     ("a,b\n1,1.5\n1.5,1\n", "1.5.*outside"),
     ("a,b\n1,x\nx,1\n", "'x' is not a number"),
+    ("a,b\n0.9,0.5\n0.5,1\n", r"diagonal value 0.9 at \(a, a\)"),
+    # an asymmetric matrix is symmetrised, but not one that is also out of range
+    ("a,b\n1,1.5\n0.2,1\n", "1.5.*outside"),
     ("", "empty"),
 ])
-def test_bad_csv_is_rejected_with_one_clear_line(tmp_path, text, match):
+@pytest.mark.parametrize("strict", [False, True])
+def test_bad_csv_is_rejected_with_one_clear_line(tmp_path, text, match, strict, capsys):
     p = tmp_path / "affinity.csv"
     p.write_text(text)
     with pytest.raises(AffinityError, match=match) as e:
-        read_affinity_csv(p)
+        read_affinity_csv(p, strict=strict)
     assert "\n" not in str(e.value) and "affinity.csv" in str(e.value)
+    assert capsys.readouterr().err == ""
+
+
+# a, b, c with two asymmetric pairs: (a, b) off by 0.1, (b, c) by 0.3 (the largest)
+ASYM = "a,b,c\n1,0.5,0\n0.4,1,-0.2\n0,0.1,1\n"
+
+
+def test_asymmetric_csv_is_symmetrised_with_one_warning(tmp_path, capsys):
+    p = tmp_path / "affinity_x.csv"
+    p.write_text(ASYM)
+    m = read_affinity_csv(p)
+    np.testing.assert_allclose(m.values, [[1, 0.45, 0], [0.45, 1, -0.05], [0, -0.05, 1]])
+    assert np.array_equal(m.values, m.values.T) and m.classes == ("a", "b", "c")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"affvae: warning: {p}: not symmetric, largest |A - A^T| is 0.3 at (b, c)")
+    assert "(b, c) = -0.2 but (c, b) = 0.1" in line and "(A + A^T)/2" in line
+
+
+def test_strict_refuses_an_asymmetric_csv_naming_the_largest_pair(tmp_path, capsys):
+    p = tmp_path / "affinity.csv"
+    p.write_text(ASYM)
+    with pytest.raises(AffinityError, match=r"affinity\.csv: not symmetric: \(b, c\) = -0.2 but "
+                                             r"\(c, b\) = 0.1 \(largest \|A - A\^T\| 0.3\)"):
+        read_affinity_csv(p, strict=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_asymmetry_within_the_tolerance_is_kept_silently(tmp_path, capsys):
+    p = tmp_path / "affinity.csv"
+    p.write_text("a,b\n1,0.50004\n0.5,1\n")
+    m = read_affinity_csv(p, strict=True)
+    assert m.values[0, 1] == 0.50004 and m.values[1, 0] == 0.5  # not rewritten
+    assert read_affinity_csv(p).values[0, 1] == 0.50004
+    assert capsys.readouterr().err == ""
+
+
+def test_validate_is_strict_by_default_for_matrices_in_memory(capsys):
+    m = AffinityMatrix(("a", "b"), np.array([[1.0, 0.5], [0.3, 1.0]]))
+    with pytest.raises(AffinityError, match=r"my matrix: not symmetric: \(a, b\) = 0.5"):
+        m.validate("my matrix")
+    sym = m.validate("my matrix", strict=False)
+    assert sym.values[0, 1] == sym.values[1, 0] == pytest.approx(0.4)
+    assert m.values[0, 1] == 0.5  # the original is not changed
+    assert "my matrix: not symmetric, largest |A - A^T| is 0.2 at (a, b)" in capsys.readouterr().err
 
 
 def test_missing_class_is_named(tmp_path):

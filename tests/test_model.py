@@ -47,3 +47,21 @@ def test_linear_output_is_unbounded():
         m.fc_dec.bias.fill_(50.0)
     y = m.decode(torch.zeros(2, 8), torch.zeros(2, 1))
     assert float(y.abs().max()) > 1
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_the_folder_config_builds_for_images_and_volumes(ndim):
+    """configs/mrc_folder.yaml serves 2D folders (the reference .npy glyphs) as well as 3D ones."""
+    from pathlib import Path
+
+    from affvae.config import load_config
+    from affvae.model import build_model
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "mrc_folder.yaml",
+                      ["data.path=somewhere"])
+    shape = (cfg.data.size,) * ndim
+    m = build_model(cfg, shape)
+    assert m.ndim == ndim
+    recon, mu, _, pose, _ = m(torch.rand(2, *shape), sample=False)
+    assert recon.shape == (2, *shape) and mu.shape == (2, cfg.model.latent_dims)
+    assert pose.shape == (2, cfg.model.pose_dims)

@@ -10,7 +10,9 @@ class in header order, no index column::
     -0.2,0.1,1.0
 
 Values are similarities in [-1, 1], the matrix is symmetric with ones on the
-diagonal (1 means "same class", -1 "as different as it gets").
+diagonal (1 means "same class", -1 "as different as it gets").  An asymmetric
+file (the reference implementation writes them) is read as its symmetric part
+(A + A^T)/2, with a warning; ``strict=True`` refuses it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from affvae.errors import AffinityError
+from affvae.errors import AffinityError, warn
 from affvae.provenance import atomic_write
 
 #: Tolerance for symmetry and range checks of matrices read from disk.
@@ -65,7 +67,17 @@ class AffinityMatrix:
         idx = [self.classes.index(c) for c in classes]
         return AffinityMatrix(tuple(classes), self.values[np.ix_(idx, idx)])
 
-    def validate(self, source: str = "affinity matrix") -> "AffinityMatrix":
+    def validate(self, source: str = "affinity matrix", strict: bool = True) -> "AffinityMatrix":
+        """Check the matrix; return it, or its symmetric part when ``strict`` is off.
+
+        Refused (:class:`AffinityError`, one line naming ``source``): a matrix that is not
+        square, duplicate class names, non-finite values, values outside [-1, 1] and a
+        diagonal that is not 1.  An asymmetric matrix (beyond :data:`TOL`) is refused
+        when ``strict``; otherwise it is replaced by (A + A^T)/2 with one warning naming
+        ``source``, the largest |A - A^T| and the pair where it is.  The reference
+        implementation's own matrices are not symmetric (FSC of templates aligned one
+        way only), and its users' files must keep working.
+        """
         v = self.values
         n = len(self.classes)
         if v.ndim != 2 or v.shape != (n, n):
@@ -96,14 +108,17 @@ class AffinityMatrix:
                 f"{source}: diagonal value {v[i, i]:g} at ({self.classes[i]}, {self.classes[i]}), "
                 "expected 1 (every class is identical to itself)"
             )
-        asym = np.abs(v - v.T) > TOL
-        if asym.any():
-            i, j = np.argwhere(asym)[0]
-            raise AffinityError(
-                f"{source}: not symmetric: ({self.classes[i]}, {self.classes[j]}) = {v[i, j]:g} "
-                f"but ({self.classes[j]}, {self.classes[i]}) = {v[j, i]:g}"
-            )
-        return self
+        gap = np.abs(v - v.T)
+        if not (gap > TOL).any():
+            return self
+        i, j = sorted(np.unravel_index(int(np.argmax(gap)), gap.shape))  # the upper triangle's copy
+        pair = (f"({self.classes[i]}, {self.classes[j]}) = {v[i, j]:g} but "
+                f"({self.classes[j]}, {self.classes[i]}) = {v[j, i]:g}")
+        if strict:
+            raise AffinityError(f"{source}: not symmetric: {pair} (largest |A - A^T| {gap[i, j]:.3g})")
+        warn(f"{source}: not symmetric, largest |A - A^T| is {gap[i, j]:.3g} at {pair}; "
+             "using (A + A^T)/2 (data.affinity_strict: true or affvae check --strict refuses it)")
+        return AffinityMatrix(self.classes, (v + v.T) / 2)
 
     def stretched(self, lo: float, hi: float) -> "AffinityMatrix":
         """The off-diagonal mapped linearly onto [lo, hi] (its least similar pair to ``lo``, its
@@ -127,8 +142,12 @@ class AffinityMatrix:
         return buf.getvalue()
 
 
-def read_affinity_csv(path: str | os.PathLike) -> AffinityMatrix:
-    """Read and validate an affinity CSV in the anchor format."""
+def read_affinity_csv(path: str | os.PathLike, strict: bool = False) -> AffinityMatrix:
+    """Read and validate an affinity CSV in the anchor format.
+
+    An asymmetric matrix is symmetrised with a warning unless ``strict`` (then it is
+    refused); see :meth:`AffinityMatrix.validate` for what is always refused.
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -173,7 +192,7 @@ def read_affinity_csv(path: str | os.PathLike) -> AffinityMatrix:
                         f"{path}: row {i + 2}, column {j + 1} ({header[j]}): {c!r} is not a number"
                     ) from None
         raise
-    return AffinityMatrix(tuple(header), values).validate(str(path))
+    return AffinityMatrix(tuple(header), values).validate(str(path), strict=strict)
 
 
 def write_affinity_csv(matrix: AffinityMatrix, path: str | os.PathLike) -> Path:
@@ -377,7 +396,7 @@ def _compute_matrix(classes, objects, metric, align, cache, progress, use_ray, s
     path = cache_dir() / f"{key}.csv"
     if cache and path.is_file():
         try:
-            cached = read_affinity_csv(path)
+            cached = read_affinity_csv(path, strict=True)
             if cached.classes == tuple(classes):
                 return cached
         except AffinityError:

@@ -8,7 +8,8 @@ predictions.csv (path,label,predicted,distance), metrics.json and figures/ into
 folder beside --out and swapped in whole at the end, so an interrupted evaluation
 leaves the previous one untouched; --out must therefore be new, empty or an
 earlier evaluation, never the run's own folder.  Items of another shape are
-resized to the run's box, with a warning.
+resized to the run's box, with a warning unless the run's training files had
+their shape (data.size resized those alike).
 
   affvae evaluate runs/tetra data/new_tetraminos
 """
@@ -54,7 +55,12 @@ def main(args: argparse.Namespace) -> int:
         if len(set(shape)) != 1:
             raise DataError(f"{data_dir}: items of {have}, but the run was trained on {want}, which is not "
                             "a square or cube to resize them to")
-        warn(f"{data_dir}: items of {have}, but the run was trained on {want}: resizing them to {want}")
+        files = info.get("file_shape")
+        if files != list(ds.shape):  # training resized files of this shape alike: nothing to tell
+            origin = (f" (files of {'x'.join(map(str, files))} resized)"
+                      if isinstance(files, list) and files != list(shape) else "")
+            warn(f"{data_dir}: items of {have}, but the run was trained on {want}{origin}: resizing them "
+                 f"to {want}")
         ds = load_folder(data_dir, affinity=False, size=shape[0])
     x = normalise(ds.x, cfg.data.normalise)
     train_rows = emb[emb["split"] == "train"]

@@ -68,7 +68,7 @@ def build_dataset(cfg, progress: bool = False) -> Dataset:
     if d.source in ("folder", "star"):
         if d.source == "folder":
             ds = load_folder(d.path, size=d.size, classes=d.classes, affinity=d.affinity, progress=progress,
-                             test_folder=True)
+                             test_folder=True, strict=d.affinity_strict)
         else:
             from affvae.data.star import load_star
 
@@ -119,10 +119,11 @@ def resolve_affinity(cfg, ds: Dataset) -> AffinityMatrix | None:
 
 
 def _affinity_of(cfg, ds: Dataset) -> AffinityMatrix:
-    if cfg.data.affinity:
-        return read_affinity_csv(cfg.data.affinity).subset(ds.classes, cfg.data.affinity)
-    if ds.affinity is not None:
+    if ds.affinity is not None:  # the folder's, or data.affinity read (and warned about) once with it
         return ds.affinity.subset(ds.classes)
+    if cfg.data.affinity:
+        return read_affinity_csv(cfg.data.affinity, strict=cfg.data.affinity_strict).subset(
+            ds.classes, cfg.data.affinity)
     reps, sources = [], []
     metric = cfg.data.affinity_metric
     for c in ds.classes:

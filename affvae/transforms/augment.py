@@ -106,6 +106,16 @@ def _octahedral_ops() -> list[tuple[tuple[int, int, int], tuple[int, ...]]]:
 OCTAHEDRAL = _octahedral_ops()
 
 
+def octahedral_augment(augment: str, ndim: int) -> bool:
+    """Whether ``data.augment`` rotates ``ndim``-D training items by random cube symmetries.
+
+    "octahedral" always (it is refused for 2D items before training starts), "auto"
+    for 3D volumes and never for 2D images, so that one config serves folders of
+    either kind, "none" never.
+    """
+    return augment == "octahedral" or (augment == "auto" and ndim == 3)
+
+
 def random_octahedral(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Rotate each volume of ``(N, D, H, W)`` or ``(N, 1, D, H, W)`` by a random cube symmetry.
 

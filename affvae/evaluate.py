@@ -380,7 +380,7 @@ def evaluate_latents(mu, labels, latent_map: LatentMap, seen_classes: Sequence[s
     if is_unseen.any():
         metrics.update(_unseen_metrics(latent_map, mu, labels, novelty, known, is_unseen, k_nearest))
     if pose is not None and angles is not None:
-        metrics.update(_pose_metrics(pose, angles))
+        metrics.update(_pose_metrics(pose, angles, labels, seen))
     return to_jsonable(metrics), {"predicted": predicted, "distance": distance, "novelty": novelty}
 
 
@@ -408,12 +408,25 @@ def _unseen_metrics(latent_map: LatentMap, mu, labels, novelty, known, is_unseen
     }
 
 
-def _pose_metrics(pose, angles) -> dict[str, Any]:
+def _pose_metrics(pose, angles, labels, seen) -> dict[str, Any]:
+    """Pose-angle correlations over all items, and within each seen class.
+
+    The decoder is conditioned on z, so each class may run its pose axis the other way (or
+    use another pose dimension): pooled over classes, opposite slopes cancel.  Within a
+    class the question is plain: does a pose dimension follow the angle?
+    """
     r = pose_angle_correlation(pose, angles, "pearson")
     circ = pose_angle_correlation(pose, angles, "circular")
+    per_class = {}
+    for c in seen:
+        members = labels == c
+        if members.sum() >= 3:
+            per_class[c] = _nanmax0(np.abs(pose_angle_correlation(pose[members], angles[members], "pearson")))
+    finite = [v for v in per_class.values() if np.isfinite(v)]
     with np.errstate(invalid="ignore"):
         return {"pose_angle_r": r, "pose_angle_best_abs_r": _nanmax0(np.abs(r)),
-                "pose_angle_best_circular_r": _nanmax0(circ)}
+                "pose_angle_best_circular_r": _nanmax0(circ), "pose_angle_abs_r_per_class": per_class,
+                "pose_angle_class_mean_abs_r": float(np.mean(finite)) if finite else math.nan}
 
 
 def _nanmax0(x: np.ndarray):

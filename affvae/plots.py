@@ -88,8 +88,10 @@ def _draw_embedding(plt, ax, xy, labels, unseen, legend: bool, annotate: bool = 
     new_cls = [c for c in classes if c in unseen]
     colour = class_colours(classes, unseen)
     n = max(1, xy.shape[0])
-    size = float(np.clip(3000.0 / n, 4.0, 30.0)) * (1.0 if legend else 0.6)
-    star = size * 4 + 20 if legend else size * 1.5 + 4  # small panels of a grid: lighter stars
+    # markers a reader can see: about 9 points^2 per dot at a thousand items (a grid's small
+    # panels too), larger when there are few; unseen classes as larger stars
+    size = float(np.clip(9000.0 / n, 8.0, 40.0)) * (1.0 if legend else 0.7)
+    star = size * 3 + 20 if legend else size * 2 + 6
     unknown = labels == ""
     if unknown.any():
         ax.scatter(xy[unknown, 0], xy[unknown, 1], s=size, c="0.7", lw=0, label="unknown")

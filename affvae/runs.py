@@ -119,7 +119,7 @@ def evaluate_items(model, latent_map: LatentMap, x: np.ndarray, labels: np.ndarr
                    angles: np.ndarray | None = None, embedding: str = "auto", figures: bool = True,
                    seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """Encode ``x``, classify by the latent map and write metrics, predictions and figures."""
-    from affvae.evaluate import confusion, evaluate_latents, proximity_matrix
+    from affvae.evaluate import evaluate_latents
     from affvae.model import encode_all
 
     out = Path(out_dir)
@@ -136,36 +136,56 @@ def evaluate_items(model, latent_map: LatentMap, x: np.ndarray, labels: np.ndarr
     _write_csv(out / "predictions.csv", ["path", "label", "predicted", "distance", "novelty"],
                ([p, lab, pr, f"{d:.6g}", f"{nv:.6g}"] for p, lab, pr, d, nv in
                 zip(paths, labels, pred["predicted"], pred["distance"], pred["novelty"])))
-    _write_json(out / "metrics.json", metrics)
     if figures and len(x):
-        from affvae import figures as F
-        from affvae.embed import embed
-        from affvae.latent_html import thumbnails, write_latent_map_html
-        from affvae.plots import plot_confusion, plot_embedding, plot_proximity
-
-        fig = out / "figures"
-        fig.mkdir(exist_ok=True)
-        unseen = sorted(set(labels.tolist()) - set(seen_classes) - {""})
-        pts = np.concatenate([mu, latent_map.centres]) if train_mu is None else np.concatenate([mu, train_mu])
-        lab = np.concatenate([labels, latent_map.classes if train_mu is None else train_labels])
-        xy = embed(pts, method=embedding, ndim_data=model.ndim, seed=seed)
-        write_embedding_2d(out / "embedding_2d.parquet", xy[:len(mu)], labels, unseen)
-        plot_embedding(xy, lab, fig / "embedding.png", unseen=unseen,
-                       title=f"latent mu ({embedding}); unseen: {', '.join(unseen) or 'none'}")
-        write_latent_map_html(fig / "latent_map.html", xy[:len(mu)], labels, pred["predicted"], pred["novelty"],
-                              thumbnails(x), unseen=unseen, paths=paths, seed=seed,
-                              title=f"{out.resolve().name}: latent mu ({embedding}) of the evaluated items")
-        cm, rows, cols = confusion(labels, pred["predicted"], seen_classes)
-        plot_confusion(cm, rows, cols, fig / "confusion.png")
-        plot_proximity(proximity_matrix(latent_map), latent_map.classes, fig / "proximity.png")
-        ref_pose = pose if pose.shape[1] else np.zeros((len(mu), 0))
-        F.traversal(model, mu, ref_pose, fig / "traversal.png")
-        picks = [c for c in list(latent_map.classes) + unseen if (labels == c).any()][:4]
-        if len(picks) == 4:
-            corners = np.stack([mu[np.flatnonzero(labels == c)[0]] for c in picks])
-            F.interpolation(model, corners, picks, ref_pose, fig / "interpolation.png")
-        F.pose_sweep(model, latent_map.centres, latent_map.classes, ref_pose, fig / "pose_sweep.png")
+        metrics.update(_figures(model, latent_map, x, labels, paths, out, seen_classes, mu, pose, pred,
+                                train_mu, train_labels, embedding, seed))
+    _write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _figures(model, latent_map: LatentMap, x, labels, paths, out: Path, seen_classes, mu, pose, pred,
+             train_mu, train_labels, embedding: str, seed: int) -> dict[str, Any]:
+    """An evaluation's figures; returns the silhouette of its 2-D embedding.
+
+    The embedding pictures the geometry the latent map classifies in: unit vectors for a
+    cosine map (the affinity term shapes directions only), mu itself for a Euclidean one.
+    """
+    from affvae import figures as F
+    from affvae.embed import embed
+    from affvae.evaluate import confusion, proximity_matrix, silhouette
+    from affvae.latent_html import thumbnails, write_latent_map_html
+    from affvae.latent_map import unit_rows
+    from affvae.plots import plot_confusion, plot_embedding, plot_proximity
+
+    fig = out / "figures"
+    fig.mkdir(exist_ok=True)
+    unseen = sorted(set(labels.tolist()) - set(seen_classes) - {""})
+    ref_mu, ref_labels = (mu, labels) if train_mu is None else (train_mu, train_labels)
+    pts = mu if train_mu is None else np.concatenate([mu, train_mu])
+    geometry = "unit mu" if latent_map.metric == "cosine" else "mu"
+    xy = embed(unit_rows(pts) if latent_map.metric == "cosine" else pts, method=embedding, ndim_data=model.ndim,
+               seed=seed)
+    write_embedding_2d(out / "embedding_2d.parquet", xy[:len(mu)], labels, unseen)
+    plot_embedding(xy, labels if train_mu is None else np.concatenate([labels, train_labels]),
+                   fig / "embedding.png", unseen=unseen,
+                   title=f"latent {geometry} ({embedding}); unseen: {', '.join(unseen) or 'none'}")
+    write_latent_map_html(fig / "latent_map.html", xy[:len(mu)], labels, pred["predicted"], pred["novelty"],
+                          thumbnails(x), unseen=unseen, paths=paths, seed=seed,
+                          title=f"{out.resolve().name}: latent {geometry} ({embedding}) of the evaluated items")
+    cm, rows, cols = confusion(labels, pred["predicted"], seen_classes)
+    plot_confusion(cm, rows, cols, fig / "confusion.png")
+    plot_proximity(proximity_matrix(latent_map), latent_map.classes, fig / "proximity.png")
+    ref_pose = pose if pose.shape[1] else np.zeros((len(mu), 0))
+    F.traversal(model, mu, ref_pose, fig / "traversal.png")
+    picks = [c for c in list(latent_map.classes) + unseen if (labels == c).any()][:4]
+    if len(picks) == 4:  # the class means of mu: points the decoder knows (a cosine centre is a direction)
+        corners = np.stack([mu[labels == c].mean(0) for c in picks])
+        F.interpolation(model, corners, picks, ref_pose, fig / "interpolation.png")
+    means = np.stack([ref_mu[ref_labels == c].mean(0) if (ref_labels == c).any() else latent_map.centres[k]
+                      for k, c in enumerate(latent_map.classes)])
+    F.pose_sweep(model, means, latent_map.classes, ref_pose, fig / "pose_sweep.png")
+    seen = np.isin(labels, list(seen_classes))
+    return {"embedding_silhouette": silhouette(xy[:len(mu)][seen], labels[seen], seed=seed)}
 
 
 def save_run(result, data, run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -227,7 +247,8 @@ def save_run(result, data, run_dir: str | os.PathLike) -> dict[str, Any]:
     return metrics
 
 
-def decoded_centres(cfg, model, mu: np.ndarray, pose: np.ndarray, data, splits, classes) -> dict[str, Any]:
+def decoded_centres(cfg, model, mu: np.ndarray, pose: np.ndarray, data, splits, classes,
+                    metric: str | None = None) -> dict[str, Any]:
     """How well the decoder's output at each class centre identifies the class (see
     :func:`affvae.evaluate.decoded_identification`).
 
@@ -241,7 +262,8 @@ def decoded_centres(cfg, model, mu: np.ndarray, pose: np.ndarray, data, splits, 
     from affvae.figures import decode
 
     tr = splits.train
-    metric = cfg.data.affinity_metric if get_metric(cfg.data.affinity_metric).aligned_pairs else "ncc"
+    if metric is None:
+        metric = cfg.data.affinity_metric if get_metric(cfg.data.affinity_metric).aligned_pairs else "ncc"
     members = {c: tr[data.labels[tr] == c] for c in classes}
     centres = np.stack([mu[members[c]].mean(0) for c in classes])
     # each centre decoded in a pose the decoder has seen: that of the class member nearest the

@@ -57,9 +57,9 @@ TRIAL_DRIVER_CPU = 0.01  # the trial function only drives its TorchTrainer
 #: What a trial's evaluation logs: the validation accuracy of its latent map (what a study
 #: chooses on; best_val_accuracy is the best epoch's), then the test split's numbers
 SELECT_METRIC = "val_accuracy"
-FINAL_METRICS = ("val_accuracy", "best_val_accuracy", "accuracy", "f1_macro", "silhouette", "novelty_auroc",
-                 "mean_offdiag_proximity",
-                 "pose_angle_best_abs_r")
+FINAL_METRICS = ("val_accuracy", "best_val_accuracy", "accuracy", "f1_macro", "silhouette", "embedding_silhouette",
+                 "novelty_auroc", "decoded_identification", "mean_offdiag_proximity", "pose_angle_best_abs_r",
+                 "pose_angle_class_mean_abs_r")
 ARTIFACTS = ("config.yaml", "provenance.json", "metrics.json", "history.csv", "latent_map.parquet",
              "predictions.csv", "affinity.csv")
 
@@ -79,7 +79,9 @@ class StudySpec:
     mode: str = "max"
     #: "asha" stops poor trials at rungs; "fifo" runs every trial to the end
     scheduler: str = "asha"
-    grace_period: int = 3
+    #: ASHA: epochs before a trial can be stopped (None: a third of the epochs, the first rung
+    #: where the latent map's validation accuracy ranks trials as their final one does)
+    grace_period: int | None = None
     reduction_factor: float = 2.0
     num_samples: int = 1
     workers: int = 1
@@ -286,7 +288,8 @@ def _scheduler(spec: StudySpec, epochs: int):
     if spec.scheduler != "asha":
         raise ConfigError(f"study {spec.name}: scheduler must be 'asha' or 'fifo', not {spec.scheduler!r}")
     return ASHAScheduler(time_attr="epoch", metric=spec.metric, mode=spec.mode, max_t=epochs,
-                         grace_period=min(spec.grace_period, epochs), reduction_factor=spec.reduction_factor)
+                         grace_period=min(spec.grace_period or max(1, epochs // 3), epochs),
+                         reduction_factor=spec.reduction_factor)
 
 
 def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, resume: bool = False,
@@ -690,9 +693,14 @@ def print_summary(spec: StudySpec, res: StudyResult) -> None:
         b = max(base, key=lambda t: t[SELECT_METRIC])
         print(f"gamma = 0 baseline (best on validation): validation {b[SELECT_METRIC]:.3f}, "
               f"seen test accuracy {_num(b.get('accuracy'))}")
-    for t in res.trials:
+    for t in sorted(res.trials, key=lambda t: -(t.get(SELECT_METRIC) or -1)):
         if t["status"] == "failed":
             print(f"  failed {t['name']}: {t.get('error')}")
+        elif t.get(SELECT_METRIC) is not None:
+            extra = (f"; unseen nearest: {t['nearest_seen']}" if t.get("nearest_seen") else "") + \
+                (f"; pose |r| within a class {t['pose_angle_class_mean_abs_r']:.2f}"
+                 if isinstance(t.get("pose_angle_class_mean_abs_r"), float) else "")
+            print(f"  {t['name']}: validation {t[SELECT_METRIC]:.3f}, test {_num(t.get('accuracy'))}{extra}")
     print(f"study folder: {res.study_dir}  (summary/trials.csv, summary/*.png)")
     if res.tracking_uri.startswith("sqlite"):
         print(f"MLflow: mlflow ui --backend-store-uri {res.tracking_uri}")

@@ -3,7 +3,7 @@
 Items are encoded, classified by the nearest class centre of the run's latent
 map, and scored against the class in their file names (classes the run never saw
 are evaluated as unseen: novelty AUROC and their nearest seen classes).  Writes
-predictions.csv (path,label,predicted,distance), metrics.json and figures/ into
+predictions.csv (path,label,predicted,distance,novelty), metrics.json and figures/ into
 --out (default RUN_DIR/eval_<folder name>).  The results are written into a hidden
 folder beside --out and swapped in whole at the end, so an interrupted evaluation
 leaves the previous one untouched; --out must therefore be new, empty or an

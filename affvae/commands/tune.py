@@ -28,7 +28,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="study (MLflow experiment) name (default: the --out folder's name)")
     p.add_argument("--out", required=True, help="study folder")
     p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
-    p.add_argument("--grace-period", type=int, default=3, help="ASHA: epochs before a trial can be stopped")
+    p.add_argument("--grace-period", type=int,
+                   help="ASHA: epochs before a trial can be stopped (default: a third of train.epochs)")
     p.add_argument("--resume", action="store_true", help="continue the study in --out")
     p.add_argument("--tracking-uri", help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///OUT/mlflow.db)")
     p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS or a local Ray)")
@@ -95,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
     for flag, value, least in (("--workers", args.workers, 1), ("--num-samples", args.num_samples, 1),
                                ("--max-concurrent", args.max_concurrent, 0),
                                ("--max-failures", args.max_failures, 0), ("--grace-period", args.grace_period, 1)):
-        if value < least:  # before Ray starts
+        if value is not None and value < least:  # before Ray starts
             raise ConfigError(f"{flag} {value}: expected at least {least}")
     base = load_config(args.config, args.set).to_dict()
     base["train"]["checkpoint_every"] = 1

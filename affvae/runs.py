@@ -248,22 +248,21 @@ def save_run(result, data, run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def decoded_centres(cfg, model, mu: np.ndarray, pose: np.ndarray, data, splits, classes,
-                    metric: str | None = None) -> dict[str, Any]:
+                    metric: str = "ncc") -> dict[str, Any]:
     """How well the decoder's output at each class centre identifies the class (see
     :func:`affvae.evaluate.decoded_identification`).
 
     A centre is the mean mu of the class's training items, decoded in the pose of the member
     nearest it; its reference is the class template, else the medoid of its first 32
-    training items.
+    training items.  They are compared by the real-space correlation (NCC) after alignment:
+    a decoder trained on noisy items draws their mean, a smooth map, and FSC's count-weighted
+    shells would weigh most where such a map has no power.
     """
     from affvae.affinity.matrix import medoid_index
-    from affvae.affinity.metrics import get_metric
     from affvae.evaluate import decoded_identification
     from affvae.figures import decode
 
     tr = splits.train
-    if metric is None:
-        metric = cfg.data.affinity_metric if get_metric(cfg.data.affinity_metric).aligned_pairs else "ncc"
     members = {c: tr[data.labels[tr] == c] for c in classes}
     centres = np.stack([mu[members[c]].mean(0) for c in classes])
     # each centre decoded in a pose the decoder has seen: that of the class member nearest the

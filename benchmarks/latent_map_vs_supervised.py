@@ -54,7 +54,7 @@ def benchmark_folder(work: Path, variant: str, seed: int = 0) -> Path:
         return out
     snr, wedge = VARIANTS[variant]
     files = [p for p in sorted(BENCHMARK_DIR.iterdir()) if p.name.split(".")[0] in SEEN + UNSEEN]
-    sim = ProteinSimulator(structures=files, size=32, resolution=18.0, voxel_size=6.0)
+    sim = ProteinSimulator(structures=files, size=32, resolution=18.0, voxel_size=6.0, fast=True)
     write_dataset(sim, out, n_per_class=60, seed=seed, classes=SEEN + UNSEEN, unseen=UNSEEN,
                   imaging=Imaging(wedge=wedge, snr=snr), n_test=20, n_test_unseen=30, n_unseen=0,
                   overwrite=True, params={"benchmark": "latent_map_vs_supervised", "variant": variant})

@@ -79,6 +79,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--rotation", choices=["uniform", "grid", "none"], default="uniform",
                    help="uniform over SO(3), the paper's 10-degree grid, or none (default uniform)")
     t.add_argument("--supersample", type=int, default=2, help="points per voxel edge (default 2)")
+    t.add_argument("--render", choices=["fast", "exact"], default="fast",
+                   help="volumes: rotate templates rendered once on a grid twice as fine (default), or "
+                        "render every item exactly")
     g = p.add_argument_group("proteins (uses --rotation too)")
     g.add_argument("--structures", nargs="+", default=["panel"],
                    help="PDB/mmCIF files or folders, plain or gzipped (default: the built-in panel)")
@@ -123,7 +126,8 @@ def main(args: argparse.Namespace) -> int:
 
         sim = ProteinSimulator(structures=args.structures, size=args.size or 64, resolution=args.resolution,
                                voxel_size=args.voxel_size,
-                               rotation=args.rotation if args.rotation != "grid" else "uniform")
+                               rotation=args.rotation if args.rotation != "grid" else "uniform",
+                               fast=args.render == "fast")
     elif args.kind == "alphanumeric":
         glyphs = [g for g in args.glyphs.replace(",", "") if not g.isspace()]
         sim = AlphanumericSimulator(size=args.size or 64, glyphs=glyphs, max_angle=args.max_angle,
@@ -132,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
         shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
         sim = TetraminoSimulator(size=args.size or 32, shapes=shapes, cube=args.cube,
                                  elongation=args.elongation, fused=args.fuse, fuse_mode=args.fuse_mode,
-                                 rotation=args.rotation, supersample=args.supersample)
+                                 rotation=args.rotation, supersample=args.supersample, fast=args.render == "fast")
     unseen = [u.strip() for u in args.unseen.split(",") if u.strip()]
     if len(unseen) >= len(sim.classes):
         raise DataError(f"--unseen {args.unseen!r} leaves no class to train on")

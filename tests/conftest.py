@@ -6,6 +6,18 @@ import pytest
 matplotlib.use("Agg")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Keep the tiers honest: a test that starts the Ray cluster must be marked ``slow``.
+
+    ``pytest -m "not slow"`` is the fast tier; one unmarked Ray test would start a
+    three-node cluster in it.
+    """
+    unmarked = [item.nodeid for item in items
+                if "ray_cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("tests using ray_cluster must be marked slow: " + ", ".join(unmarked))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("AFFVAE_CACHE_DIR", str(tmp_path / "affvae-cache"))

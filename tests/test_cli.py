@@ -29,6 +29,7 @@ def run_cli(*args):
                           env=env, timeout=300)
 
 
+@pytest.mark.slow  # two fresh processes, each importing torch, and an aligned 8-class FSC matrix
 def test_simulate_then_affinity_end_to_end(tmp_path):
     d = tmp_path / "d"
     r = run_cli("simulate", "tetramino", "--out", str(d), "-n", "2", "--size", "16")

@@ -22,7 +22,8 @@ def knn_accuracy(xy, labels):
     return cross_val_score(KNeighborsClassifier(5), xy, labels, cv=5).mean()
 
 
-@pytest.mark.parametrize("method, ndim", [("auto", 2), ("auto", 3), ("pca", 2)])
+# auto for images is UMAP, whose numba compilation takes a minute in a fresh process: slow tier
+@pytest.mark.parametrize("method, ndim", [pytest.param("auto", 2, marks=pytest.mark.slow), ("auto", 3), ("pca", 2)])
 def test_embedding_is_deterministic_and_keeps_clusters_apart(blobs, method, ndim):
     mu, labels = blobs
     xy = embed(mu, method, ndim_data=ndim, seed=3, max_iter=150)

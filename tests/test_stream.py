@@ -40,6 +40,7 @@ def test_rank_items_split_every_global_batch_between_ranks():
     assert rank_items(20, 8).tolist() == list(range(16))  # full batches only
 
 
+@pytest.mark.slow
 def test_ray_data_gives_the_same_items_as_the_local_path(ray_cluster):
     cfg = build_config(overrides=TETRA + ["data.snr=2", "data.wedge=60"])
     spec = spec_from_config(cfg, ["I", "O", "T"])
@@ -70,6 +71,7 @@ def test_training_on_the_local_stream_sees_fresh_items_each_epoch():
     assert not np.allclose(e0["pose"], e1["pose"])
 
 
+@pytest.mark.slow
 def test_two_workers_train_on_the_ray_data_stream(ray_cluster, tmp_path):
     from affvae.distributed import train_distributed
 

@@ -71,3 +71,26 @@ def small_fs(tmp_path):
     yield mount
     for path in mounted:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+class _Png:
+    """``png(path)``: the pixels (H, W, RGBA, floats in [0, 1]) of a PNG file, read back
+    with matplotlib; ``png.share(pixels, colour)``: the fraction of pixels of that colour."""
+
+    def __call__(self, path):
+        import matplotlib.image as mpimg
+
+        with open(path, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n", f"{path}: not a PNG file"
+        return mpimg.imread(path)
+
+    @staticmethod
+    def share(pixels, colour, tol=2 / 255):
+        import numpy as np
+
+        return float((np.abs(pixels[..., :3] - np.asarray(colour)[:3]).max(-1) < tol).mean())
+
+
+@pytest.fixture
+def png():
+    return _Png()

@@ -30,15 +30,23 @@ def run_cli(*args):
 
 
 @pytest.mark.slow  # two fresh processes, each importing torch, and an aligned 8-class FSC matrix
-def test_simulate_then_affinity_end_to_end(tmp_path):
+def test_simulate_then_affinity_end_to_end(tmp_path, png):
+    from matplotlib import colormaps
+
+    from affvae.affinity.matrix import read_affinity_csv
+
     d = tmp_path / "d"
     r = run_cli("simulate", "tetramino", "--out", str(d), "-n", "2", "--size", "16")
     assert r.returncode == 0, r.stderr
     r = run_cli("affinity", str(d), "--metric", "fsc", "--out", str(tmp_path / "a.csv"), "--plot")
     assert r.returncode == 0, r.stderr
-    header = (tmp_path / "a.csv").read_text().splitlines()[0].split(",")
-    assert header == ["I", "O", "T", "L", "S", "branch", "screwR", "screwL"]
-    assert (tmp_path / "a.png").stat().st_size > 1000
+    m = read_affinity_csv(tmp_path / "a.csv")
+    assert list(m.classes) == ["I", "O", "T", "L", "S", "branch", "screwR", "screwL"]
+    assert np.array_equal(np.diag(m.values), np.ones(8)) and np.abs(m.values - np.eye(8)).max() > 0.1
+    img = png(tmp_path / "a.png")  # 5.6 x 5.1 inches at 120 dpi, trimmed to the drawing
+    assert 450 < img.shape[0] < 700 and 500 < img.shape[1] < 800
+    # the diagonal's eight cells in the colour of similarity 1 (the colour bar alone has a sliver)
+    assert png.share(img, colormaps["RdBu_r"](1.0)) > 0.03
     assert (tmp_path / "a.provenance.json").is_file()
 
 

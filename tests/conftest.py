@@ -6,6 +6,18 @@ import pytest
 matplotlib.use("Agg")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Keep the tiers honest: a test that starts the Ray cluster must be marked ``slow``.
+
+    ``pytest -m "not slow"`` is the fast tier; one unmarked Ray test would start a
+    three-node cluster in it.
+    """
+    unmarked = [item.nodeid for item in items
+                if "ray_cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("tests using ray_cluster must be marked slow: " + ", ".join(unmarked))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("AFFVAE_CACHE_DIR", str(tmp_path / "affvae-cache"))
@@ -59,3 +71,26 @@ def small_fs(tmp_path):
     yield mount
     for path in mounted:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+class _Png:
+    """``png(path)``: the pixels (H, W, RGBA, floats in [0, 1]) of a PNG file, read back
+    with matplotlib; ``png.share(pixels, colour)``: the fraction of pixels of that colour."""
+
+    def __call__(self, path):
+        import matplotlib.image as mpimg
+
+        with open(path, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n", f"{path}: not a PNG file"
+        return mpimg.imread(path)
+
+    @staticmethod
+    def share(pixels, colour, tol=2 / 255):
+        import numpy as np
+
+        return float((np.abs(pixels[..., :3] - np.asarray(colour)[:3]).max(-1) < tol).mean())
+
+
+@pytest.fixture
+def png():
+    return _Png()

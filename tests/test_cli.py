@@ -30,15 +30,24 @@ def run_cli(*args):
                           env=env, timeout=300)
 
 
-def test_simulate_then_affinity_end_to_end(tmp_path):
+@pytest.mark.slow  # two fresh processes, each importing torch, and an aligned 8-class FSC matrix
+def test_simulate_then_affinity_end_to_end(tmp_path, png):
+    from matplotlib import colormaps
+
+    from affvae.affinity.matrix import read_affinity_csv
+
     d = tmp_path / "d"
     r = run_cli("simulate", "tetramino", "--out", str(d), "-n", "2", "--size", "16")
     assert r.returncode == 0, r.stderr
     r = run_cli("affinity", str(d), "--metric", "fsc", "--out", str(tmp_path / "a.csv"), "--plot")
     assert r.returncode == 0, r.stderr
-    header = (tmp_path / "a.csv").read_text().splitlines()[0].split(",")
-    assert header == ["I", "O", "T", "L", "S", "branch", "screwR", "screwL"]
-    assert (tmp_path / "a.png").stat().st_size > 1000
+    m = read_affinity_csv(tmp_path / "a.csv")
+    assert list(m.classes) == ["I", "O", "T", "L", "S", "branch", "screwR", "screwL"]
+    assert np.array_equal(np.diag(m.values), np.ones(8)) and np.abs(m.values - np.eye(8)).max() > 0.1
+    img = png(tmp_path / "a.png")  # 5.6 x 5.1 inches at 120 dpi, trimmed to the drawing
+    assert 450 < img.shape[0] < 700 and 500 < img.shape[1] < 800
+    # the diagonal's eight cells in the colour of similarity 1 (the colour bar alone has a sliver)
+    assert png.share(img, colormaps["RdBu_r"](1.0)) > 0.03
     assert (tmp_path / "a.provenance.json").is_file()
 
 
@@ -197,6 +206,96 @@ def run_ok(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run_ok"
     assert main(["train", "--config", str(tiny), "--out", str(out)]) == 0
     return out
+
+
+def _seen_accuracy(rows, classes):
+    """The fraction of the rows of seen classes in a predictions.csv that are right."""
+    seen = [r for r in rows if r["label"] in classes]
+    return sum(r["label"] == r["predicted"] for r in seen) / len(seen), len(seen)
+
+
+def test_train_writes_a_run_folder_whose_files_agree(run_ok, tiny):
+    import csv
+    import json
+
+    from affvae.config import load_config
+    from affvae.latent_map import LatentMap
+    from affvae.runs import read_embeddings
+
+    names = {p.name for p in run_ok.iterdir()}
+    assert {"config.yaml", "provenance.json", "run.json", "model.pt", "history.csv", "affinity.csv",
+            "latent_map.parquet", "embeddings.parquet", "metrics.json", "predictions.csv", "checkpoints"} <= names
+    assert load_config(run_ok / "config.yaml") == load_config(tiny)
+    info = json.loads((run_ok / "run.json").read_text())
+    assert (info["shape"], info["classes"], info["epochs_done"], info["n_items"]) == ([16] * 3, ["I", "O", "T"], 2, 24)
+    history = list(csv.DictReader((run_ok / "history.csv").open()))
+    assert [int(float(h["epoch"])) for h in history] == [1, 2]  # one row per epoch
+    assert sorted(p.name for p in (run_ok / "checkpoints").iterdir()) == ["epoch_00001.pt", "epoch_00002.pt"]
+    metrics = json.loads((run_ok / "metrics.json").read_text())
+    rows = list(csv.DictReader((run_ok / "predictions.csv").open()))
+    emb = read_embeddings(run_ok / "embeddings.parquet")
+    assert len(emb) == 24 and set(emb["split"]) == {"train", "val", "test", "unseen"}
+    # predictions.csv holds the test split and the unseen class, and metrics.json scores it
+    tested = emb[emb["split"].isin(["test", "unseen"])]
+    assert sorted(r["path"] for r in rows) == sorted(tested["path"])
+    acc, n_seen = _seen_accuracy(rows, info["classes"])
+    assert metrics["accuracy"] == pytest.approx(acc, abs=1e-12)
+    assert (metrics["n_seen"], metrics["n_unseen"]) == (n_seen, 6) and metrics["epochs_done"] == 2
+    assert metrics["val_accuracy"] == pytest.approx(float(history[-1]["val_accuracy"]), abs=1e-12)
+    # the latent map's centres are the mean mu of the training split, class by class
+    lm = LatentMap.load(run_ok / "latent_map.parquet")
+    mu = [c for c in emb.columns if c.startswith("mu_")]
+    train_rows = emb[emb["split"] == "train"]
+    for c, centre in zip(lm.classes, lm.centres):
+        np.testing.assert_allclose(centre, train_rows.loc[train_rows["class"] == c, mu].mean().to_numpy(),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_of_the_run_on_its_folder_recomputes_the_same_predictions(run_ok, base, tmp_path, capsys):
+    import csv
+    import json
+
+    import torch
+
+    from affvae.data.io import load_folder
+    from affvae.model import encode_all
+    from affvae.runs import load_run
+    from affvae.transforms.imaging import normalise
+
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(run_ok), str(base), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == metrics["n_items"] == 24
+    cfg, model, lm, info = load_run(run_ok)
+    ds = load_folder(base, affinity=False)
+    mu, _, _ = encode_all(model, torch.from_numpy(normalise(ds.x, cfg.data.normalise)), torch.device("cpu"))
+    predicted, _ = lm.predict(mu)
+    seen = np.isin(ds.labels, info["classes"])
+    direct = float((predicted[seen] == ds.labels[seen]).mean())
+    assert metrics["accuracy"] == pytest.approx(direct, abs=1e-12)
+    assert _seen_accuracy(rows, info["classes"]) == (pytest.approx(direct, abs=1e-12), 18)
+    assert {r["path"]: r["predicted"] for r in rows} == dict(zip(ds.paths, predicted.tolist()))
+    # the run's own test rows are predicted alike by the evaluation of the whole folder
+    run_rows = {r["path"]: r for r in csv.DictReader((run_ok / "predictions.csv").open())}
+    for r in rows:
+        if r["path"] in run_rows:
+            assert r["predicted"] == run_rows[r["path"]]["predicted"]
+            assert float(r["distance"]) == pytest.approx(float(run_rows[r["path"]]["distance"]), rel=1e-4)
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert {"embedding.png", "confusion.png", "proximity.png", "traversal.png"} <= set(figures)
+    assert f"evaluated 24 items; seen-class accuracy {direct:.3f}; results in {out}" in capsys.readouterr().out
+
+
+def test_octahedral_augmentation_of_2d_items_is_refused_in_one_line(tmp_path, capsys):
+    d = tmp_path / "glyphs"
+    assert main(["simulate", "alphanumeric", "--out", str(d), "-n", "4", "--glyphs", "ab", "--size", "16"]) == 0
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(TINY.replace("PATH", str(d)).replace("normalise: minmax", "normalise: minmax, augment: octahedral"))
+    capsys.readouterr()
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    one_error(capsys.readouterr().err, "data.augment: octahedral needs 3D volumes", alone=True)
+    assert not (tmp_path / "run").exists()
 
 
 def snapshot(folder):

@@ -1,5 +1,13 @@
-"""cluster.yaml against the Ray cluster launcher's own schema (offline: no cloud calls)."""
+"""cluster.yaml: what this project decides in it (offline: no cloud calls, no Ray cluster).
 
+The Ray cluster launcher checks the file's form; these tests check its choices: the
+head serves MLflow on its loopback only, the workers are GPU machines that the
+autoscaler may start, torch is installed before the package, at the version the
+package is pinned to, and no credential is written in the file.
+"""
+
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -8,37 +16,83 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _prepared():
-    from ray.autoscaler._private.util import prepare_config
-
-    return prepare_config(yaml.safe_load((ROOT / "cluster.yaml").read_text()))
-
-
-def test_cluster_yaml_is_valid_for_the_installed_ray():
-    from ray.autoscaler._private.util import validate_config
-
-    config = _prepared()
-    validate_config(config)  # raises jsonschema.ValidationError when invalid
-    nodes = config["available_node_types"]
-    assert config["head_node_type"] in nodes
-    gpu = [n for n, spec in nodes.items() if n != config["head_node_type"]]
-    assert gpu and all(nodes[n]["max_workers"] >= 1 for n in gpu)
+@pytest.fixture(scope="module")
+def cluster():
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
 
 
-def test_the_schema_check_does_reject_a_broken_config():
-    import jsonschema
-    from ray.autoscaler._private.util import validate_config
-
-    config = _prepared()
-    config["max_workers"] = "eight"
-    with pytest.raises(jsonschema.ValidationError):
-        validate_config(config)
+def _command(lines, program):
+    """The one command line that runs ``program``, split into words."""
+    found = [shlex.split(ln.replace("$HOME", "/home/ubuntu")) for ln in lines if program in ln]
+    assert len(found) == 1, (program, found)
+    return found[0]
 
 
-def test_mlflow_binds_to_loopback_and_the_file_holds_no_secrets():
+def _option(words, name):
+    for i, w in enumerate(words):
+        if w == name:
+            return words[i + 1]
+        if w.startswith(name + "="):
+            return w.split("=", 1)[1]
+    raise AssertionError(f"{name} not in {' '.join(words)}")
+
+
+def test_the_head_serves_mlflow_on_its_loopback_with_a_sqlite_store(cluster):
+    start = cluster["head_start_ray_commands"]
+    server = _command(start, "bin/mlflow server")
+    assert _option(server, "--host") == "127.0.0.1"  # reached through ray attach --port-forward only
+    assert _option(server, "--port") == "5000"  # the port the README forwards and --tracking-uri names
+    store = _option(server, "--backend-store-uri")
+    assert store.startswith("sqlite:////home/ubuntu/mlflow/")  # an absolute path: sqlite:/// + /home/...
+    assert _option(server, "--artifacts-destination").startswith("/home/ubuntu/mlflow/")
+    # the store's folder exists before the server starts, and the server outlives the setup shell
+    mkdir = [i for i, ln in enumerate(start) if ln.startswith("mkdir -p ~/mlflow")]
+    at = next(i for i, ln in enumerate(start) if "bin/mlflow server" in ln)
+    assert mkdir and mkdir[0] < at
+    assert server[0] == "nohup" and start[at].endswith("&")
+    ray_head = _command(start, "bin/ray start --head")
+    assert _option(ray_head, "--dashboard-host") == "127.0.0.1"
+
+
+def test_workers_are_autoscaled_gpu_machines_that_join_the_head(cluster):
+    nodes = cluster["available_node_types"]
+    head = cluster["head_node_type"]
+    assert head in nodes and nodes[head]["max_workers"] == 0
+    workers = {name: spec for name, spec in nodes.items() if name != head}
+    assert workers
+    for name, spec in workers.items():
+        family = spec["node_config"]["InstanceType"].split(".")[0]
+        assert re.fullmatch(r"(g4dn|g5|g6e?|p3|p4d|p5)", family), (name, family)  # an NVIDIA GPU instance
+        assert spec["min_workers"] == 0 and 1 <= spec["max_workers"] <= cluster["max_workers"]
+    port = _option(_command(cluster["head_start_ray_commands"], "bin/ray start --head"), "--port")
+    worker_start = _command(cluster["worker_start_ray_commands"], "bin/ray start")
+    assert _option(worker_start, "--address") == f"$RAY_HEAD_IP:{port}"
+
+
+def test_setup_installs_the_pinned_torch_first_then_the_mounted_package(cluster):
+    setup = cluster["setup_commands"]
+    torch_at = [i for i, ln in enumerate(setup) if re.search(r"pip install .*\btorch==", ln)]
+    package_at = [i for i, ln in enumerate(setup) if "pip install" in ln and "-e ~/affvae" in ln]
+    assert len(torch_at) == 1 and len(package_at) == 1 and torch_at[0] < package_at[0]
+    pin = re.search(r"torch==(\S+)", setup[torch_at[0]]).group(1)
+    # the same torch as the README's install command, inside the package's range
+    assert f"torch=={pin}" in (ROOT / "README.md").read_text()
+    assert f'"torch>=2.2,<={pin}"' in (ROOT / "pyproject.toml").read_text()
+    # the package is installed from where file_mounts puts this checkout, without its venv or runs
+    assert cluster["file_mounts"] == {"~/affvae": "."}
+    assert {"**/.venv", "runs/**", "**/.git"} <= set(cluster["rsync_exclude"])
+
+
+def test_the_file_holds_no_credentials(cluster):
     text = (ROOT / "cluster.yaml").read_text()
-    server = [ln for ln in text.splitlines() if "mlflow server" in ln and "nohup" in ln]
-    assert server and all("--host 127.0.0.1" in ln for ln in server)
-    assert "--dashboard-host=127.0.0.1" in text
-    for secret in ("aws_secret_access_key", "AKIA", "ssh_private_key", "password"):
-        assert secret not in text
+    assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", text)  # an AWS access key id
+    assert not re.search(r"(?i)aws_secret_access_key|aws_session_token|password\s*[:=]|BEGIN [A-Z ]*PRIVATE KEY", text)
+    assert set(cluster["auth"]) == {"ssh_user"}  # no ssh_private_key: the launcher makes its own key pair
+    for spec in cluster["available_node_types"].values():  # Ray's default Deep Learning AMI
+        assert "ImageId" not in spec["node_config"]  # for the region, with the CUDA drivers
+
+
+def test_cluster_yaml_passes_the_installed_rays_launcher_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(yaml.safe_load((ROOT / "cluster.yaml").read_text())))

@@ -60,7 +60,6 @@ def test_folder_source_needs_a_path():
     with pytest.raises(ConfigError, match="data.path is required"):
         build_config(overrides=["data.source=folder"])
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
-    assert isinstance(Config(), Config)
 
 
 def test_non_utf8_config_is_one_line_naming_the_file(tmp_path):

@@ -29,14 +29,7 @@ def params(model):
     return torch.cat([p.detach().flatten() for p in model.state_dict().values() if p.dtype.is_floating_point])
 
 
-def test_the_cluster_has_a_head_and_two_worker_nodes(ray_cluster):
-    import ray
-
-    alive = [n for n in ray.nodes() if n["Alive"]]
-    assert len(alive) == 3
-    assert ray.cluster_resources()["CPU"] == 6
-
-
+@pytest.mark.slow
 def test_sharded_affinity_equals_the_local_matrix(ray_cluster):
     sim = TetraminoSimulator(size=16, cube=3, rotation="uniform")
     X = np.stack([sim.template(c) for c in sim.classes])
@@ -52,6 +45,7 @@ def test_sharded_affinity_equals_the_local_matrix(ray_cluster):
             assert (sharded.values >= plain - 1e-9).all() and (sharded.values > plain + 1e-3).any()
 
 
+@pytest.mark.slow
 def test_sharded_soap_equals_the_local_matrix_and_is_cached_apart(ray_cluster, tmp_path, monkeypatch):
     # SOAP centres its kernel on the whole set compared: every block pair must see that
     # set, not only its two blocks
@@ -67,6 +61,7 @@ def test_sharded_soap_equals_the_local_matrix_and_is_cached_apart(ray_cluster, t
     assert len(list(cache_dir().glob("*.csv"))) == 2  # one entry per way of computing
 
 
+@pytest.mark.slow
 def test_two_worker_ddp_step_equals_one_process_on_the_same_global_batch(ray_cluster, tmp_path):
     cfg = build_config(overrides=DDP)
     data = build_dataset(cfg)
@@ -89,6 +84,7 @@ def _ray_train_worker_pids() -> list[int]:
                   if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE")
 
 
+@pytest.mark.slow
 def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path):
     cfg = build_config(overrides=DDP + ["train.epochs=30", "train.checkpoint_every=1", "data.n_per_class=40"])
     data = build_dataset(cfg)

@@ -7,8 +7,6 @@ from affvae.embed import embed
 from affvae.errors import ConfigError, DataError
 from affvae.plots import plot_embedding
 
-PNG = b"\x89PNG\r\n\x1a\n"
-
 
 @pytest.fixture(scope="module")
 def blobs():
@@ -22,7 +20,8 @@ def knn_accuracy(xy, labels):
     return cross_val_score(KNeighborsClassifier(5), xy, labels, cv=5).mean()
 
 
-@pytest.mark.parametrize("method, ndim", [("auto", 2), ("auto", 3), ("pca", 2)])
+# auto for images is UMAP, whose numba compilation takes a minute in a fresh process: slow tier
+@pytest.mark.parametrize("method, ndim", [pytest.param("auto", 2, marks=pytest.mark.slow), ("auto", 3), ("pca", 2)])
 def test_embedding_is_deterministic_and_keeps_clusters_apart(blobs, method, ndim):
     mu, labels = blobs
     xy = embed(mu, method, ndim_data=ndim, seed=3, max_iter=150)
@@ -71,12 +70,20 @@ def test_bad_arguments():
         embed(np.full((20, 4), np.nan))
 
 
-def test_plot_embedding_writes_a_png(tmp_path, blobs):
+def test_plot_embedding_draws_each_class_in_its_own_colour(tmp_path, blobs, png):
+    from matplotlib import colormaps
+
     mu, labels = blobs
     xy = embed(mu, "pca")
     labels = labels.copy()
     labels[:3] = ""
     p = plot_embedding(xy, labels, tmp_path / "figs" / "embedding.png", unseen=["d"], title="test")
-    data = p.read_bytes()
-    assert p.name == "embedding.png" and data.startswith(PNG) and len(data) > 10_000
-    assert sorted(x.name for x in p.parent.iterdir()) == ["embedding.png"]
+    assert p.name == "embedding.png" and sorted(x.name for x in p.parent.iterdir()) == ["embedding.png"]
+    img = png(p)
+    assert 500 < img.shape[0] < 800 and 600 < img.shape[1] < 1000  # 7 x 6 inches at 120 dpi, trimmed
+    tab = colormaps["tab10"]
+    for i in range(3):  # seen classes: dots at alpha 0.8 over white
+        assert png.share(img, 0.8 * np.array(tab(i)[:3]) + 0.2) > 5e-4, i
+    assert png.share(img, tab(3)) > 5e-4  # the unseen class: opaque stars in the next colour
+    assert png.share(img, 0.8 * np.array(tab(3)[:3]) + 0.2) < 1e-4  # ...and no dots
+    assert png.share(img, (0.7, 0.7, 0.7)) > 5e-5  # the three unknown items in grey

@@ -168,15 +168,25 @@ def test_to_jsonable():
     assert out == {"a": 1.5, "b": [None, 3], "c": [[1, 2]], "d": {"1": None}, "e": True}
 
 
-def test_confusion_and_proximity_figures(tmp_path):
+def test_confusion_and_proximity_figures(tmp_path, png):
+    from matplotlib import colormaps
+
     m, rows, cols = confusion(LABELS, PRED, SEEN)
     lm = LatentMap(["a", "b", "c"], np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]]),
                    np.ones(3), np.ones(3))
-    for p in (plot_confusion(m, rows, cols, tmp_path / "confusion.png"),
-              plot_proximity(proximity_matrix(lm), lm.classes, tmp_path / "proximity.png")):
-        data = p.read_bytes()
-        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5_000
+    conf = png(plot_confusion(m, rows, cols, tmp_path / "confusion.png"))
+    prox = png(plot_proximity(proximity_matrix(lm), lm.classes, tmp_path / "proximity.png"))
     assert sorted(x.name for x in tmp_path.iterdir()) == ["confusion.png", "proximity.png"]
+    # 4 x 3.5 inches at 120 dpi, trimmed to the drawing
+    assert 300 < conf.shape[0] < 500 and 300 < conf.shape[1] < 560 and conf.shape[2] == 4
+    # cells coloured by the row fraction: one full row (c) here, three when every item is right
+    full = colormaps["Blues"](1.0)
+    perfect = png(plot_confusion(*confusion(["a", "b", "c", "u"], ["a", "b", "c", "a"], SEEN),
+                                 tmp_path / "perfect.png"))
+    assert png.share(perfect, full) > 2.5 * png.share(conf, full) > 0.05
+    # proximity: the three zeros of the diagonal in the 0 colour, the 100 pair (b, c) in the top one
+    zero, top = png.share(prox, colormaps["RdBu_r"](0.0)), png.share(prox, colormaps["RdBu_r"](1.0))
+    assert zero > top > 0.05 and zero / top == pytest.approx(3 / 2, rel=0.25)
 
 
 def test_decoded_centres_identify_their_classes_only_when_they_differ():

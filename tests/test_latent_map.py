@@ -68,7 +68,8 @@ def test_single_member_class_gets_a_usable_spread():
     mu = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 0.0], [10.0, 10.0]])
     m = LatentMap.fit(mu, ["a", "a", "a", "b"])
     assert m.spread[1] == pytest.approx(m.spread[0]) and m.spread[0] > 0
-    assert np.isfinite(m.novelty([[10.0, 11.0]])).all()
+    # a point 1 from b's centre is 1 / spread from it, not infinitely novel
+    assert m.novelty([[10.0, 11.0]]) == pytest.approx([1.0 / m.spread[1]])
 
 
 def test_parquet_round_trip(tmp_path):

@@ -141,3 +141,27 @@ def test_schedules():
     vals = [schedule_value(cyc, 1.0, e, 8) for e in range(8)]
     # two cycles of 4 epochs: ramp over the first half, then flat at the full value
     assert vals == [0.0, 0.5, 1.0, 1.0, 0.0, 0.5, 1.0, 1.0]
+
+
+def test_reference_scores_the_affinity_of_mu_and_formula_that_of_z(batch):
+    # mu and z differ (z = mu + noise, as sampled in training): the reference convention
+    # must score S on mu, the paper's formula on z, each with its own scaling
+    mu, c, A = batch
+    z = mu + 1.5 * torch.randn(mu.shape, generator=torch.Generator().manual_seed(7))
+    n = len(mu)
+    x = torch.rand(n, 4, 4)
+    y = torch.rand(n, 4, 4)
+    logvar = torch.zeros_like(mu)
+
+    def over_pairs(v):  # |A - cos| of the pairs i < j, by hand
+        return [abs(float(A[c[i], c[j]]) - _cos(v[i], v[j])) for i in range(n) for j in range(i + 1, n)]
+
+    ref_mu = sum(over_pairs(mu)) / (n * (n - 1) / 2)
+    formula_z = 2 * sum(over_pairs(z)) / n  # ordered pairs: each i < j twice, the diagonal 0
+    _, ref = loss_terms(x, y, mu, logvar, z, c, A, beta=1.0, gamma=1.0, convention="reference")
+    _, formula = loss_terms(x, y, mu, logvar, z, c, A, beta=1.0, gamma=1.0, convention="formula")
+    assert float(ref["affinity"]) == pytest.approx(ref_mu, rel=1e-5)
+    assert float(formula["affinity"]) == pytest.approx(formula_z, rel=1e-5)
+    # the two latents really score differently, so a swap of mu and z could not pass
+    assert abs(ref_mu - sum(over_pairs(z)) / (n * (n - 1) / 2)) > 0.05
+    assert abs(formula_z - 2 * sum(over_pairs(mu)) / n) > 0.05

@@ -1,9 +1,10 @@
+import re
+
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
 from affvae.affinity.metrics import (
-    METRICS,
     aligned_matrix,
     fsc_compare,
     fsc_prepare,
@@ -133,4 +134,19 @@ def test_errors_name_the_problem():
         similarity_matrix(bad, metric="fsc")
     with pytest.raises(DataError, match="square"):
         similarity_matrix(np.random.rand(2, 8, 6), metric="fsc")
-    assert set(METRICS) >= {"fsc", "mean-diff", "ncc", "soap"}
+
+
+def test_every_metric_the_readme_lists_compares_glyphs_sensibly():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Affinity metrics", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\* `([a-z-]+)`:", section, flags=re.M)
+    assert listed == ["fsc", "mean-diff", "ncc", "soap"]
+    sim = AlphanumericSimulator(size=32, glyphs="aex")
+    X = np.stack([sim.template(g) for g in "aex"])
+    for metric in listed:
+        m = similarity_matrix(X, metric=metric)
+        np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-9, err_msg=metric)
+        np.testing.assert_allclose(m, m.T, atol=1e-9, err_msg=metric)
+        assert m[0, 1] > m[0, 2], metric  # a is closer to e than to x by every measure

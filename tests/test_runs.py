@@ -64,7 +64,18 @@ def test_the_mlp_classifier_is_evaluated_from_the_training_mu(tmp_path):
     assert metrics["classifier"] == "mlp"
     rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
     assert {r["predicted"] for r in rows} <= {"a", "e", "i"}
-    assert metrics["n_seen"] == sum(r["label"] != "o" for r in rows) > 0
+    # an MLP fitted on the training split's mu (as written to embeddings.parquet) predicts each row
+    from affvae.evaluate import mlp_classifier
+
+    emb = read_embeddings(tmp_path / "embeddings.parquet").set_index("path")
+    mu_cols = [c for c in emb.columns if c.startswith("mu_")]
+    train_rows = emb[emb["split"] == "train"]
+    expected = mlp_classifier(train_rows[mu_cols].to_numpy(), train_rows["class"].to_numpy(str),
+                              emb.loc[[r["path"] for r in rows], mu_cols].to_numpy(), seed=cfg.seed)
+    assert [r["predicted"] for r in rows] == expected.tolist()
+    seen = [r for r in rows if r["label"] != "o"]
+    assert metrics["n_seen"] == len(seen) == len(res.splits.test)
+    assert metrics["accuracy"] == pytest.approx(sum(r["label"] == r["predicted"] for r in seen) / len(seen))
 
 
 def test_an_evaluation_with_figures_writes_the_latent_map_page(tmp_path):

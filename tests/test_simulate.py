@@ -126,7 +126,14 @@ def test_unknown_glyph_and_shape_are_rejected():
         AlphanumericSimulator(glyphs=["a", "#"])
     with pytest.raises(DataError, match="'Q'"):
         TetraminoSimulator(shapes=["Q"])
-    assert set(PAPER_GLYPHS) <= set(ALL_GLYPHS)
+
+
+def test_the_default_glyphs_are_the_papers_as_the_readme_says():
+    # README: default the paper's `aebdpijz2kxu`; the simulator and the config agree
+    from affvae.config import build_config
+
+    assert list(AlphanumericSimulator(size=16).classes) == list("aebdpijz2kxu") == list(PAPER_GLYPHS)
+    assert sorted(build_config().data.glyphs) == sorted("aebdpijz2kxu")  # the same glyphs (2 last)
 
 
 def test_blend_fusion_averages_the_parents():

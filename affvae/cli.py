@@ -41,8 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    errors.PROG = f"affvae {args.command}"  # the name warnings print
-    return report_errors(f"affvae {args.command}", lambda: args._main(args), debug=args.debug)
+    previous, errors.PROG = errors.PROG, f"affvae {args.command}"  # the name warnings print
+    try:
+        return report_errors(f"affvae {args.command}", lambda: args._main(args), debug=args.debug)
+    finally:
+        errors.PROG = previous
 
 
 if __name__ == "__main__":

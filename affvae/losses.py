@@ -80,7 +80,8 @@ def affinity_loss(latent: torch.Tensor, class_idx: torch.Tensor, affinity: torch
     about 1/C of the pairs share a class, so under uniform weights the few pulls
     that gather a class are outvoted by the many pushes between classes, which any
     scatter that keeps the classes' directions apart also satisfies.  Balanced
-    weights have the same scale as the uniform mean (both average |A - cos|).
+    weights have the same scale as the uniform mean (both average |A - cos|; the formula
+    convention's sum over ordered pairs over N is that mean times N - 1).
 
     With ``anchors`` (C, D, see :func:`class_anchors`) and ``anchor_weight`` > 0 the
     pairs of each item with every class anchor are added, weighted by
@@ -96,8 +97,8 @@ def affinity_loss(latent: torch.Tensor, class_idx: torch.Tensor, affinity: torch
         cos = unit @ unit.T
         target = affinity[class_idx][:, class_idx]
         diff = (target - cos).abs()
-        if pairs == "balanced":
-            s = _balanced_mean(diff, class_idx)
+        if pairs == "balanced":  # scaled as the convention scales the plain mean
+            s = _balanced_mean(diff, class_idx) * (1.0 if convention == "reference" else n - 1)
         elif convention == "reference":
             iu = torch.triu_indices(n, n, offset=1, device=latent.device)
             s = diff[iu[0], iu[1]].mean()

@@ -242,13 +242,16 @@ def test_train_writes_a_run_folder_whose_files_agree(run_ok, tiny):
     assert metrics["accuracy"] == pytest.approx(acc, abs=1e-12)
     assert (metrics["n_seen"], metrics["n_unseen"]) == (n_seen, 6) and metrics["epochs_done"] == 2
     assert metrics["val_accuracy"] == pytest.approx(float(history[-1]["val_accuracy"]), abs=1e-12)
-    # the latent map's centres are the mean mu of the training split, class by class
+    # the latent map's centres are the mean direction of the training split's mu, class by
+    # class (the default cosine geometry: the unit mean of the unit vectors)
     lm = LatentMap.load(run_ok / "latent_map.parquet")
+    assert lm.metric == "cosine"
     mu = [c for c in emb.columns if c.startswith("mu_")]
     train_rows = emb[emb["split"] == "train"]
     for c, centre in zip(lm.classes, lm.centres):
-        np.testing.assert_allclose(centre, train_rows.loc[train_rows["class"] == c, mu].mean().to_numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        v = train_rows.loc[train_rows["class"] == c, mu].to_numpy(np.float64)
+        mean = (v / np.linalg.norm(v, axis=1, keepdims=True)).mean(0)
+        np.testing.assert_allclose(centre, mean / np.linalg.norm(mean), rtol=1e-5, atol=1e-6)
 
 
 def test_evaluate_of_the_run_on_its_folder_recomputes_the_same_predictions(run_ok, base, tmp_path, capsys):

@@ -42,6 +42,39 @@ def test_affinity_loss_reference_is_mean_over_pairs_i_lt_j(batch):
     assert float(affinity_loss(z, c, A, "reference")) == pytest.approx(direct, rel=1e-5)
 
 
+def test_balanced_pairs_weigh_same_class_and_cross_class_pairs_as_two_halves(batch):
+    z, c, A = batch
+    n = len(z)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    err = {p: abs(float(A[c[p[0]], c[p[1]]]) - _cos(z[p[0]], z[p[1]])) for p in pairs}
+    same = [e for (i, j), e in err.items() if c[i] == c[j]]
+    other = [e for (i, j), e in err.items() if c[i] != c[j]]
+    assert 0 < len(same) < len(other)  # 4 pairs of one class against 17 of two
+    expected = (sum(same) / len(same) + sum(other) / len(other)) / 2
+    assert float(affinity_loss(z, c, A, "reference", pairs="balanced")) == pytest.approx(expected, rel=1e-5)
+    uniform = float(affinity_loss(z, c, A, "reference"))
+    assert abs(expected - uniform) > 0.01  # the weighting changes S here
+    # the formula convention scales it as it scales the plain mean: times N - 1
+    assert float(affinity_loss(z, c, A, "formula", pairs="balanced")) == pytest.approx(expected * (n - 1), rel=1e-5)
+    # a batch of one class has no cross-class half: its mean is the same-class pairs'
+    one = torch.zeros(n, dtype=torch.long)
+    alone = [abs(1 - _cos(z[i], z[j])) for i, j in pairs]
+    assert float(affinity_loss(z, one, A, "reference", pairs="balanced")) == pytest.approx(
+        sum(alone) / len(alone), rel=1e-5)
+
+
+def test_balanced_anchor_pairs_weigh_the_own_anchor_as_one_half(batch):
+    z, c, A = batch
+    P = class_anchors(A, z.shape[1])
+    cos = [[_cos(z[i], P[k]) for k in range(3)] for i in range(len(z))]
+    own = [abs(1 - cos[i][int(c[i])]) for i in range(len(z))]
+    other = [abs(float(A[c[i], k]) - cos[i][k]) for i in range(len(z)) for k in range(3) if k != c[i]]
+    w = 2.0
+    base = float(affinity_loss(z, c, A, "reference", pairs="balanced"))
+    got = float(affinity_loss(z, c, A, "reference", anchors=P, anchor_weight=w, pairs="balanced"))
+    assert got - base == pytest.approx(w * (sum(own) / len(own) + sum(other) / len(other)) / 2, rel=1e-5)
+
+
 def test_affinity_loss_zero_when_latents_realise_the_matrix():
     A = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     z = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])

@@ -18,7 +18,7 @@ from affvae.train import train
 
 TETRA = ["data.source=tetramino", "data.size=16", "data.shapes=[I, O, T]", "data.cube=3",
          "data.n_per_class=8", "model.filters=[4, 8]", "model.latent_dims=4", "train.batch_size=8",
-         "train.epochs=2", "data.affinity_metric=ncc", "data.stream=true"]
+         "train.epochs=2", "data.affinity_metric=ncc", "data.stream=true", "data.normalise=minmax"]
 
 
 def test_simulated_table_is_balanced_and_renders_deterministically():

@@ -227,7 +227,15 @@ def index_folder(
         raise DataError(f"{root}: dataset folder does not exist")
     if not root.is_dir():
         raise DataError(f"{root}: expected a dataset folder, found a file")
+    paths, labels, templates = _list_files(root)
+    train = _classes_to_train(root, classes, set(labels))
+    matrix, aff_path = _affinity_of(root, affinity, train, strict)
+    return FolderIndex(root=root, paths=paths, labels=np.asarray(labels, dtype=str), classes=train,
+                       templates=templates, affinity=matrix, affinity_path=aff_path)
 
+
+def _list_files(root: Path) -> tuple[list[str], list[str], dict[str, str]]:
+    """The data files (names and classes, in name order) and the templates of a folder."""
     paths: list[str] = []
     labels: list[str] = []
     templates: dict[str, str] = {}
@@ -259,9 +267,12 @@ def index_folder(
             f"{root}: no data files, expected <class>_<anything> files ending in "
             f"{', '.join(DATA_SUFFIXES)}"
         )
-    label_arr = np.asarray(labels, dtype=str)
-    present = set(labels)
+    return paths, labels, templates
 
+
+def _classes_to_train(root: Path, classes, present: set[str]) -> list[str]:
+    """The ``classes`` argument, else classes.csv, else every class; a class of classes.csv
+    without files is dropped with a warning, one of the argument refused."""
     if classes is not None:
         train = _check_class_list(classes, "classes argument")
         source = "classes argument"
@@ -269,46 +280,33 @@ def index_folder(
         train = _read_classes_csv(root / CLASSES_FILE)
         source = str(root / CLASSES_FILE)
     else:
-        train, source = sorted(present), None
+        return sorted(present)
     missing = [c for c in train if c not in present]
-    if missing and classes is None and len(missing) < len(train):
+    if not missing:
+        return train
+    what = (f"class{'es' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} listed to train on but "
+            f"{root} has no <class>_*.mrc|.mrcs|.npy file for {'them' if len(missing) > 1 else 'it'}")
+    if classes is None and len(missing) < len(train):
         # the reference implementation's own test folders list classes they hold no files
         # of; the user asked for nothing by hand here, so train on the classes that exist
         train = [c for c in train if c in present]
-        warn(f"{source}: class{'es' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-             f"listed to train on but {root} has no <class>_*.mrc|.mrcs|.npy file for "
-             f"{'them' if len(missing) > 1 else 'it'}; training on the other {len(train)} "
-             f"({', '.join(train)})")
-    elif missing:
-        raise DataError(
-            f"{source}: class{'es' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-            f"listed to train on but {root} has no <class>_*.mrc|.mrcs|.npy file for "
-            f"{'them' if len(missing) > 1 else 'it'} (found {', '.join(sorted(present))})"
-        )
+        warn(f"{source}: {what}; training on the other {len(train)} ({', '.join(train)})")
+        return train
+    raise DataError(f"{source}: {what} (found {', '.join(sorted(present))})")
 
-    aff_path: Path | None = None
-    matrix = None
+
+def _affinity_of(root: Path, affinity, train: list[str], strict: bool):
+    """(matrix over ``train``, its CSV path): the argument's, the folder's affinity*.csv, or none."""
     if affinity is False:
-        pass
-    elif isinstance(affinity, AffinityMatrix):
-        matrix = affinity.validate("affinity argument", strict=strict).subset(train, "affinity argument")
-    else:
-        aff_path = Path(affinity) if affinity is not None else _find_affinity_csv(root)
-        matrix = None
-        if aff_path is not None:
-            if not aff_path.is_file():
-                raise AffinityError(f"{aff_path}: affinity CSV does not exist")
-            matrix = read_affinity_csv(aff_path, strict=strict).subset(train, str(aff_path))
-
-    return FolderIndex(
-        root=root,
-        paths=paths,
-        labels=label_arr,
-        classes=train,
-        templates=templates,
-        affinity=matrix,
-        affinity_path=aff_path,
-    )
+        return None, None
+    if isinstance(affinity, AffinityMatrix):
+        return affinity.validate("affinity argument", strict=strict).subset(train, "affinity argument"), None
+    aff_path = Path(affinity) if affinity is not None else _find_affinity_csv(root)
+    if aff_path is None:
+        return None, None
+    if not aff_path.is_file():
+        raise AffinityError(f"{aff_path}: affinity CSV does not exist")
+    return read_affinity_csv(aff_path, strict=strict).subset(train, str(aff_path)), aff_path
 
 
 # --------------------------------------------------------------------------- dataset

@@ -93,15 +93,26 @@ def interpolation(model, corners: np.ndarray, names, pose: np.ndarray, path, ste
     return grid_figure(objs, steps, steps, path, title)
 
 
-def pose_sweep(model, centres: np.ndarray, names, pose: np.ndarray, path, steps: int = 9) -> Path | None:
-    """Each class centre decoded while the first pose dim sweeps its observed range (Fig. 6)."""
+def pose_sweep(model, centres: np.ndarray, names, pose: np.ndarray, labels, path, steps: int = 9) -> Path | None:
+    """Each class centre decoded along its own members' main pose axis (Fig. 6).
+
+    The pose head is free of any prior, so every class keeps its own range and direction
+    of pose: a sweep over the pooled range would leave most classes outside theirs.  Row
+    ``c`` runs from the 2nd to the 98th percentile of class ``c``'s poses (``pose`` of the
+    items ``labels``) along their first principal axis, through their mean; a class with
+    fewer than 3 items uses all items' poses.
+    """
     if pose.shape[1] == 0:
         return None
-    lo, hi = np.percentile(pose[:, 0], [2, 98])
-    values = np.linspace(lo, hi, steps)
-    z = np.repeat(centres, steps, 0)
-    p = np.repeat(pose.mean(0, keepdims=True), len(z), 0)
-    p[:, 0] = np.tile(values, len(centres))
-    objs = decode(model, z, p)
-    return grid_figure(objs, len(centres), steps, path, "pose sweep (pose dim 0)", row_labels=list(names),
-                       col_labels=[f"{v:.2f}" for v in values])
+    labels = np.asarray(labels)
+    t = np.linspace(0.0, 1.0, steps)[:, None]
+    rows = []
+    for c in names:
+        own = pose[labels == c] if (labels == c).sum() >= 3 else pose
+        mean = own.mean(0)
+        axis = np.linalg.svd(own - mean, full_matrices=False)[2][0]
+        lo, hi = np.percentile((own - mean) @ axis, [2, 98])
+        rows.append(mean + (lo + t * (hi - lo)) * axis)
+    objs = decode(model, np.repeat(centres, steps, 0), np.concatenate(rows))
+    return grid_figure(objs, len(centres), steps, path, "pose sweep: each class along its own main pose axis",
+                       row_labels=list(names), col_labels=["2nd pct"] + [""] * (steps - 2) + ["98th pct"])

@@ -183,7 +183,7 @@ def _figures(model, latent_map: LatentMap, x, labels, paths, out: Path, seen_cla
         F.interpolation(model, corners, picks, ref_pose, fig / "interpolation.png")
     means = np.stack([ref_mu[ref_labels == c].mean(0) if (ref_labels == c).any() else latent_map.centres[k]
                       for k, c in enumerate(latent_map.classes)])
-    F.pose_sweep(model, means, latent_map.classes, ref_pose, fig / "pose_sweep.png")
+    F.pose_sweep(model, means, latent_map.classes, ref_pose, labels, fig / "pose_sweep.png")
     seen = np.isin(labels, list(seen_classes))
     return {"embedding_silhouette": silhouette(xy[:len(mu)][seen], labels[seen], seed=seed)}
 

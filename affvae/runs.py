@@ -243,6 +243,8 @@ def save_run(result, data, run_dir: str | os.PathLike) -> dict[str, Any]:
     metrics["n_val"] = int(len(sp.val))
     val_curve = [h["val_accuracy"] for h in result.history if h.get("val_accuracy") is not None]
     metrics["best_val_accuracy"] = float(np.nanmax(val_curve)) if val_curve else None
+    # the last epoch's validation reconstruction loss: a study's tie-break between trials
+    metrics["val_recon"] = result.history[-1].get("val_recon") if result.history else None
     _write_json(run / "metrics.json", metrics)
     return metrics
 

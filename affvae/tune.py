@@ -57,7 +57,10 @@ TRIAL_DRIVER_CPU = 0.01  # the trial function only drives its TorchTrainer
 #: What a trial's evaluation logs: the validation accuracy of its latent map (what a study
 #: chooses on; best_val_accuracy is the best epoch's), then the test split's numbers
 SELECT_METRIC = "val_accuracy"
-FINAL_METRICS = ("val_accuracy", "best_val_accuracy", "accuracy", "f1_macro", "silhouette", "embedding_silhouette",
+#: ties on SELECT_METRIC go to the lower validation reconstruction loss (comparable across
+#: beta and gamma, unlike the total loss)
+TIE_BREAK = "val_recon"
+FINAL_METRICS = ("val_accuracy", "best_val_accuracy", "val_recon", "accuracy", "f1_macro", "silhouette", "embedding_silhouette",
                  "novelty_auroc", "decoded_identification", "mean_offdiag_proximity", "pose_angle_best_abs_r",
                  "pose_angle_class_mean_abs_r")
 ARTIFACTS = ("config.yaml", "provenance.json", "metrics.json", "history.csv", "latent_map.parquet",
@@ -275,9 +278,23 @@ class StudyResult:
     ui_link: str = ""
 
     def best(self, metric: str = SELECT_METRIC) -> dict[str, Any] | None:
-        """The trial with the highest ``metric``: validation accuracy, never a test number."""
-        done = [t for t in self.trials if isinstance(t.get(metric), (int, float)) and math.isfinite(t[metric])]
-        return max(done, key=lambda t: t[metric]) if done else None
+        """The trial chosen on validation (:func:`choose`)."""
+        return choose(self.trials, metric)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def choose(trials, metric: str = SELECT_METRIC) -> dict[str, Any] | None:
+    """The trial with the highest ``metric`` (validation accuracy), never a test number.
+
+    Ties are common (a validation split of a hundred items gives several trials 1.000);
+    they go to the lower validation reconstruction loss, then to the earlier trial.
+    """
+    done = [t for t in trials if _finite(t.get(metric))]
+    return max(done, key=lambda t: (t[metric], -t[TIE_BREAK] if _finite(t.get(TIE_BREAK)) else -math.inf),
+               default=None)
 
 
 def _scheduler(spec: StudySpec, epochs: int):
@@ -525,22 +542,21 @@ def write_summary(spec: StudySpec, study_dir: Path, rows: list[dict[str, Any]], 
     atomic_save(paths["trials"], lambda tmp: df.to_csv(tmp, index=False))
     if spec.cols and spec.cols in df:
         paths.update(_summary_figures(spec, df, out))
-    paths.update(_trial_figures(spec, df, out))
+    best = choose(rows)  # on validation; its test accuracy reported beside
+    paths.update(_trial_figures(spec, df, out, best["name"] if best else None))
     parent = tracker.parent_run()
     tracker.log_artifacts(parent, paths.values(), "summary")
     summary = {"trials": len(df), "trials_failed": int((df["status"] == "failed").sum()),
                "trials_stopped_early": int((df["status"] == "stopped_early").sum())}
-    chosen = pd.to_numeric(df[SELECT_METRIC], errors="coerce")
-    if chosen.notna().any():  # the best trial by validation; its test accuracy reported beside
-        best = df.loc[chosen.idxmax()]
-        summary.update({"best_val_accuracy": best[SELECT_METRIC], "best_trial_test_accuracy": best["accuracy"]})
-        tracker.set_tags(parent, {"affvae.best_trial": best["name"], "affvae.best_run_id": best["run_id"]})
+    if best is not None:
+        summary.update({"best_val_accuracy": best[SELECT_METRIC], "best_trial_test_accuracy": best.get("accuracy")})
+        tracker.set_tags(parent, {"affvae.best_trial": best["name"], "affvae.best_run_id": best.get("run_id")})
     tracker.log_metrics(parent, summary)
     tracker.finish(parent, "FINISHED")
     return paths
 
 
-def _trial_figures(spec: StudySpec, df, out: Path) -> dict[str, Path]:
+def _trial_figures(spec: StudySpec, df, out: Path, best: str | None) -> dict[str, Path]:
     """Parallel coordinates (searched keys -> validation accuracy) and every trial's
     validation accuracy per epoch, from the trials' run folders."""
     import pandas as pd
@@ -561,8 +577,6 @@ def _trial_figures(spec: StudySpec, df, out: Path) -> dict[str, Path]:
             if "val_accuracy" in h:
                 curves[row["name"]] = (h["epoch"].to_numpy(), h["val_accuracy"].to_numpy())
     if curves:
-        chosen = pd.to_numeric(df[SELECT_METRIC], errors="coerce")
-        best = df.loc[chosen.idxmax(), "name"] if chosen.notna().any() else None
         paths["curves"] = plot_curves(curves, out / "val_accuracy_per_epoch.png", highlight=best,
                                       title=f"{spec.name}: validation accuracy (latent map) per epoch")
     return paths
@@ -688,9 +702,8 @@ def print_summary(spec: StudySpec, res: StudyResult) -> None:
               + (f", novelty AUROC {best['novelty_auroc']:.3f}" if best.get("novelty_auroc") is not None else ""))
         if best.get("nearest_seen"):
             print(f"  unseen classes, nearest seen centres: {best['nearest_seen']}")
-    base = [t for t in res.trials if str(t.get("loss.gamma")) in ("0", "0.0") and t.get(SELECT_METRIC) is not None]
-    if base:
-        b = max(base, key=lambda t: t[SELECT_METRIC])
+    b = choose([t for t in res.trials if str(t.get("loss.gamma")) in ("0", "0.0")])
+    if b:
         print(f"gamma = 0 baseline (best on validation): validation {b[SELECT_METRIC]:.3f}, "
               f"seen test accuracy {_num(b.get('accuracy'))}")
     for t in sorted(res.trials, key=lambda t: -(t.get(SELECT_METRIC) or -1)):

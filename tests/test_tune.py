@@ -84,6 +84,19 @@ def test_the_best_trial_and_the_printed_line_are_chosen_on_validation(tmp_path, 
     assert "trial table: http://127.0.0.1:5000/#/experiments/1/runs" in out
 
 
+def test_a_tie_on_validation_goes_to_the_lower_validation_reconstruction_loss(tmp_path):
+    from affvae.tune import StudyResult
+
+    trials = [{"name": "a", "val_accuracy": 1.0, "val_recon": 0.30, "accuracy": 1.0},
+              {"name": "b", "val_accuracy": 1.0, "val_recon": 0.20, "accuracy": 0.9},
+              {"name": "c", "val_accuracy": 1.0, "accuracy": 1.0},  # no val_recon: last among equals
+              {"name": "d", "val_accuracy": 0.9, "val_recon": 0.01, "accuracy": 0.5}]
+    res = StudyResult(tmp_path, "sqlite:///x.db", trials, 1.0)
+    assert res.best()["name"] == "b"
+    assert res.best(metric="accuracy")["name"] == "a"  # equal test accuracies: the lower val_recon
+    assert StudyResult(tmp_path, "sqlite:///x.db", [{"name": "x", "val_accuracy": None}], 1.0).best() is None
+
+
 def test_the_tune_command_turns_flags_into_a_search_space():
     import argparse
 

@@ -1,44 +1,21 @@
 """Shared test set-up: tests never touch the user's cache or display."""
 
-import os
-
 import matplotlib
 import pytest
 
 matplotlib.use("Agg")
 
 
-#: tests that share a session fixture or a long subprocess run, kept on one xdist worker
-#: each (``pytest -n 2 --dist loadgroup``): one simulated Ray cluster, and the gamma_beta
-#: smoke study with the tests that read it
-GROUPS = {"ray_cluster": "ray", "smoke_study": "smoke-study"}
-
-
 def pytest_collection_modifyitems(config, items):
-    """Keep the tiers honest and the parallel run balanced.
+    """Keep the tiers honest: a test that starts the Ray cluster must be marked ``slow``.
 
-    A test that starts the Ray cluster must be marked ``slow``: ``pytest -m "not slow"``
-    is the fast tier, and one unmarked Ray test would start a three-node cluster in it.
-    Under pytest-xdist, tests of one session fixture run on one worker (each worker would
-    otherwise start its own); every other test is scheduled on its own.
+    ``pytest -m "not slow"`` is the fast tier; one unmarked Ray test would start a
+    three-node cluster in it.
     """
     unmarked = [item.nodeid for item in items
                 if "ray_cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None]
     if unmarked:
         raise pytest.UsageError("tests using ray_cluster must be marked slow: " + ", ".join(unmarked))
-    for item in items:
-        names = getattr(item, "fixturenames", ())
-        group = next((g for f, g in GROUPS.items() if f in names), None)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-
-
-def pytest_configure(config):
-    """One torch thread per xdist worker: two workers on two cores, not four threads."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        import torch
-
-        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

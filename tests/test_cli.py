@@ -480,7 +480,7 @@ def test_an_interrupted_simulate_leaves_no_dataset_check_accepts(tmp_path, sig):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:  # until items are on disk
         written = [p for d in tmp_path.iterdir() if d.is_dir() for p in d.glob("*.mrc")]
-        if len(written) >= 64:
+        if len(written) >= 16:  # early: the fast renderer writes the rest in seconds
             break
         time.sleep(0.05)
     assert proc.poll() is None, "simulate finished before it could be interrupted"

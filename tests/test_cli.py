@@ -476,7 +476,10 @@ def test_an_interrupted_simulate_leaves_no_dataset_check_accepts(tmp_path, sig):
     out = tmp_path / "d"
     proc = subprocess.Popen([sys.executable, "-m", "affvae", "simulate", "tetramino", "--out", str(out),
                              "-n", "400", "--size", "32", "--shapes", "I,O,T", "--render", "exact"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a suite started in the background (`cmd &` without job control)
+                            # inherits SIGINT ignored, and Python then keeps ignoring it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:  # until items are on disk
         written = [p for d in tmp_path.iterdir() if d.is_dir() for p in d.glob("*.mrc")]

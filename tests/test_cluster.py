@@ -6,6 +6,7 @@ autoscaler may start, torch is installed before the package, at the version the
 package is pinned to, and no credential is written in the file.
 """
 
+import copy
 import re
 import shlex
 from pathlib import Path
@@ -95,4 +96,12 @@ def test_the_file_holds_no_credentials(cluster):
 def test_cluster_yaml_passes_the_installed_rays_launcher_schema():
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    validate_config(prepare_config(yaml.safe_load((ROOT / "cluster.yaml").read_text())))
+    raw = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    prepared = prepare_config(copy.deepcopy(raw))
+    validate_config(prepared)
+    assert prepared["head_node_type"] in prepared["available_node_types"]
+    assert set(prepared["available_node_types"]) == set(raw["available_node_types"])
+    broken = copy.deepcopy(raw)
+    broken["max_workers"] = "many"  # the same check refuses a value of the wrong type
+    with pytest.raises(Exception, match="max_workers|many"):
+        validate_config(prepare_config(broken))

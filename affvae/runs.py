@@ -161,13 +161,13 @@ def _figures(model, latent_map: LatentMap, x, labels, paths, out: Path, seen_cla
     fig.mkdir(exist_ok=True)
     unseen = sorted(set(labels.tolist()) - set(seen_classes) - {""})
     ref_mu, ref_labels = (mu, labels) if train_mu is None else (train_mu, train_labels)
-    pts = mu if train_mu is None else np.concatenate([mu, train_mu])
+    pts, pts_labels = (mu, labels) if train_mu is None else \
+        (np.concatenate([mu, train_mu]), np.concatenate([labels, train_labels]))
     geometry = "unit mu" if latent_map.metric == "cosine" else "mu"
     xy = embed(unit_rows(pts) if latent_map.metric == "cosine" else pts, method=embedding, ndim_data=model.ndim,
                seed=seed)
     write_embedding_2d(out / "embedding_2d.parquet", xy[:len(mu)], labels, unseen)
-    plot_embedding(xy, labels if train_mu is None else np.concatenate([labels, train_labels]),
-                   fig / "embedding.png", unseen=unseen,
+    plot_embedding(xy, pts_labels, fig / "embedding.png", unseen=unseen,
                    title=f"latent {geometry} ({embedding}); unseen: {', '.join(unseen) or 'none'}")
     write_latent_map_html(fig / "latent_map.html", xy[:len(mu)], labels, pred["predicted"], pred["novelty"],
                           thumbnails(x), unseen=unseen, paths=paths, seed=seed,

@@ -293,8 +293,14 @@ def choose(trials, metric: str = SELECT_METRIC) -> dict[str, Any] | None:
     they go to the lower validation reconstruction loss, then to the earlier trial.
     """
     done = [t for t in trials if _finite(t.get(metric))]
-    return max(done, key=lambda t: (t[metric], -t[TIE_BREAK] if _finite(t.get(TIE_BREAK)) else -math.inf),
-               default=None)
+    return max(done, key=lambda t: _rank(t, metric), default=None)
+
+
+def _rank(trial: dict[str, Any], metric: str = SELECT_METRIC) -> tuple[float, float]:
+    """How :func:`choose` orders trials: ``metric`` first, then the lower ``TIE_BREAK``."""
+    value = trial.get(metric)
+    tie = trial.get(TIE_BREAK)
+    return (value if _finite(value) else -math.inf, -tie if _finite(tie) else -math.inf)
 
 
 def _scheduler(spec: StudySpec, epochs: int):
@@ -706,7 +712,7 @@ def print_summary(spec: StudySpec, res: StudyResult) -> None:
     if b:
         print(f"gamma = 0 baseline (best on validation): validation {b[SELECT_METRIC]:.3f}, "
               f"seen test accuracy {_num(b.get('accuracy'))}")
-    for t in sorted(res.trials, key=lambda t: -(t.get(SELECT_METRIC) or -1)):
+    for t in sorted(res.trials, key=_rank, reverse=True):  # the chosen trial first
         if t["status"] == "failed":
             print(f"  failed {t['name']}: {t.get('error')}")
         elif t.get(SELECT_METRIC) is not None:

@@ -116,7 +116,6 @@ class Simulator(abc.ABC):
         voxel's extent when :attr:`fast_average`): one point sample per voxel instead of
         an exact render, at a correlation with it above 0.99 (tested).
         """
-        from affvae.transforms.augment import euler_to_matrix
 
         self._check_classes(classes)
         if not hasattr(self, "_fine"):

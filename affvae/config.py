@@ -75,9 +75,9 @@ class DataConfig(_Section):
     #: one of the 24 cube symmetries every epoch (exact; for uniform or grid rotations);
     #: "auto" (the default): octahedral for 3D volumes, none for 2D images
     augment: Literal["auto", "none", "octahedral"] = "auto"
-    #: how simulated 3D items are rendered: "fast" rotates templates rendered once on a
-    #: grid twice as fine (one batched trilinear resampling; correlation with the exact
-    #: rendering above 0.99), "exact" renders every item exactly (tetracubes: partial
+    #: how simulated 3D items are rendered: "fast" rotates each class's template, rendered
+    #: exactly once (three batched bilinear plane rotations of a sharpened template; correlation with the exact
+    #: rendering 0.99 and above), "exact" renders every item exactly (tetracubes: partial
     #: volumes; proteins: Gaussian sums at the voxel centres)
     render: Literal["fast", "exact"] = "fast"
     #: render training items on the fly (fresh poses every epoch for simulated data;

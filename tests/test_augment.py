@@ -22,6 +22,50 @@ def test_rotate_moves_a_point_as_the_matrix_says():
     assert np.argwhere(out[0] > 0.5).tolist() == [[4, 6, 4]]
 
 
+def test_rotation_by_planes_moves_points_as_the_matrix_says():
+    # three plane rotations (ZYZ) put a point where the one-pass rotation puts it, for
+    # poses with every Euler angle non-zero, and a smooth volume agrees with it closely
+    from affvae.transforms.poses import item_poses
+
+    vol = np.zeros((3, 17, 17, 17), np.float32)
+    vol[:, 8, 8, 13] = 1  # x = +5 from the centre
+    R = euler_to_matrix([[90.0, 90.0, 0.0], [0.0, 90.0, 90.0], [30.0, 50.0, 70.0]])
+    planes, linear = rotate(vol, R, order="planes"), rotate(vol, R, order="linear")
+    idx = np.indices((17, 17, 17)).reshape(3, -1)
+    for c, lin, m in zip(planes, linear, R):
+        want = (m @ [5.0, 0, 0])[::-1] + 8  # (x, y, z) -> [z, y, x]
+        for v in (c, lin):
+            w = v.clip(0).ravel()
+            assert np.allclose(idx @ w / w.sum(), want, atol=0.3)
+    z, y, x = np.mgrid[:24, :24, :24] - 11.5
+    blob = np.exp(-((x - 4) ** 2 + (y + 2) ** 2 / 4 + z ** 2 / 9) / 8).astype(np.float32)[None].repeat(4, 0)
+    R = euler_to_matrix(item_poses(3, np.arange(4), 3))
+    a, b = rotate(blob, R, order="planes"), rotate(blob, R, order="linear")
+    assert all(np.corrcoef(u.ravel(), v.ravel())[0, 1] > 0.999 for u, v in zip(a, b))
+    assert np.allclose(rotate(blob, np.eye(3), order="planes"), blob, atol=1e-5)
+
+
+def test_the_plane_prefilter_undoes_the_blur_of_rotating_by_planes():
+    # a sharp-edged box turned by planes and back comes back closer to itself when
+    # prefiltered (measured: mean |error| 0.0105 against 0.0143), and keeps its total
+    from affvae.transforms.augment import plane_prefilter
+
+    cube = np.zeros((2, 24, 24, 24), np.float32)
+    cube[:, 8:16, 9:15, 7:17] = 1
+    R = euler_to_matrix([[20.0, 35.0, 50.0], [70.0, 80.0, 10.0]])
+    back = np.linalg.inv(R)
+
+    def there_and_back(v):
+        return rotate(rotate(v, R, order="planes"), back, order="planes")
+
+    def err(v):
+        return float(np.abs(v - cube).mean())
+
+    sharp = plane_prefilter(cube)
+    assert np.allclose(sharp.sum((1, 2, 3)), cube.sum((1, 2, 3)), rtol=1e-4)
+    assert err(there_and_back(sharp)) < 0.8 * err(there_and_back(cube))
+
+
 def test_rotation_is_batched_per_item():
     img = np.zeros((2, 9, 9), np.float32)
     img[:, 4, 6] = 1

@@ -37,6 +37,21 @@ def test_grid_rotations_are_multiples_of_ten_degrees():
     assert np.allclose(xyz / 10, np.round(xyz / 10), atol=1e-6)
 
 
+def test_item_noise_is_splitmix64_and_box_muller():
+    # the torch int64 hash has the bits of the uint64 SplitMix64 of each counter
+    from affvae.transforms.poses import splitmix64
+
+    seeds = np.array([3, 2**40 + 17, 2**62 - 5])
+    with np.errstate(over="ignore"):
+        h = splitmix64(seeds.astype(np.uint64)[:, None] * np.uint64(0xD1B54A32D192ED03)
+                       + np.arange(4, dtype=np.uint64)[None])
+    u1 = ((h >> np.uint64(40)).astype(np.float64) + 1) / 2**24
+    u2 = (h & np.uint64(0xFFFFFF)).astype(np.float64) / 2**24
+    r = np.sqrt(-2 * np.log(u1))
+    want = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)], 1)
+    assert np.allclose(item_normals(seeds, 8).numpy(), want, atol=1e-5)
+
+
 def test_item_noise_and_seeds_depend_on_the_item_not_the_batch():
     z = item_normals(np.array([5, 6, 7]), 10001)
     assert np.array_equal(z[1:], item_normals(np.array([6, 7]), 10001))

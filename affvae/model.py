@@ -124,12 +124,16 @@ def build_model(cfg, shape: Sequence[int]) -> AffinityVAE:
 
 
 def encode_all(model: AffinityVAE, x: torch.Tensor, device, batch_size: int = 256):
-    """mu, logvar and pose (numpy) of every item of ``x``, batched, in eval mode, without autograd."""
+    """mu, logvar and pose (numpy) of every item of ``x``, batched, in eval mode, without autograd.
+
+    ``x``: a tensor, an array, or items read from their files per batch
+    (:class:`~affvae.data.lazy.LazyItems`)."""
     model.eval()
     mus, lvs, poses = [], [], []
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
-            mu, lv, pose = model.encode(x[start:start + batch_size].to(device, non_blocking=True))
+            batch = torch.as_tensor(x[start:start + batch_size], dtype=torch.float32)
+            mu, lv, pose = model.encode(batch.to(device, non_blocking=True))
             mus.append(mu.float().cpu())
             lvs.append(lv.float().cpu())
             poses.append(pose.float().cpu())

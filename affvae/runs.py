@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from affvae.config import Config, load_config, save_config
+from affvae.data.lazy import batched, is_lazy, subset
 from affvae.errors import AffvaeError, one_line, warn
 from affvae.latent_map import LatentMap
 from affvae.provenance import atomic_save, atomic_write, save_torch, write_provenance
@@ -124,7 +125,7 @@ def evaluate_items(model, latent_map: LatentMap, x: np.ndarray, labels: np.ndarr
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    xt = x if is_lazy(x) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     mu, _, pose = encode_all(model.to(device), xt, torch.device(device))
     ang = None
     if angles is not None and model.ndim == 2:
@@ -170,7 +171,7 @@ def _figures(model, latent_map: LatentMap, x, labels, paths, out: Path, seen_cla
     plot_embedding(xy, pts_labels, fig / "embedding.png", unseen=unseen,
                    title=f"latent {geometry} ({embedding}); unseen: {', '.join(unseen) or 'none'}")
     write_latent_map_html(fig / "latent_map.html", xy[:len(mu)], labels, pred["predicted"], pred["novelty"],
-                          thumbnails(x), unseen=unseen, paths=paths, seed=seed,
+                          np.concatenate([thumbnails(b) for b in batched(x)]), unseen=unseen, paths=paths, seed=seed,
                           title=f"{out.resolve().name}: latent {geometry} ({embedding}) of the evaluated items")
     cm, rows, cols = confusion(labels, pred["predicted"], seen_classes)
     plot_confusion(cm, rows, cols, fig / "confusion.png")
@@ -213,7 +214,7 @@ def save_run(result, data, run_dir: str | os.PathLike) -> dict[str, Any]:
         write_affinity_csv(result.affinity, run / "affinity.csv")
 
     sp = result.splits
-    xt = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
+    xt = data.x if is_lazy(data.x) else torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
     mu, _, pose = encode_all(model, xt, torch.device("cpu"))
     split = sp.name_of(len(data))
     write_embeddings(run / "embeddings.parquet", data.paths, data.labels, split, mu, pose, data.poses)
@@ -227,7 +228,7 @@ def save_run(result, data, run_dir: str | os.PathLike) -> dict[str, Any]:
     if len(ev):
         angles = None if data.poses is None or model.ndim != 2 else data.poses[ev]
         metrics = evaluate_items(
-            model, lm, data.x[ev], data.labels[ev], [data.paths[i] for i in ev], run, result.classes,
+            model, lm, subset(data.x, ev), data.labels[ev], [data.paths[i] for i in ev], run, result.classes,
             classifier=cfg.eval.classifier, train_mu=mu[sp.train], train_labels=data.labels[sp.train],
             angles=angles, embedding=cfg.eval.embedding, figures=cfg.eval.figures, seed=cfg.seed)
     else:

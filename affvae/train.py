@@ -47,6 +47,7 @@ import torch
 from affvae import checkpoints
 from affvae.affinity.matrix import AffinityMatrix
 from affvae.data.io import Dataset
+from affvae.data.lazy import LazyItems, is_lazy
 from affvae.data.splits import Splits, splits_of
 from affvae.errors import AffvaeError, ConfigError, DataError
 from affvae.losses import class_anchors, loss_terms, schedule_value
@@ -124,7 +125,7 @@ class Session:
     use_amp: bool
     classes: list[str]
     splits: Splits
-    x_all: torch.Tensor
+    x_all: "torch.Tensor | LazyItems"  # (N, 1, ...) in memory, or read from files per batch
     y_all: torch.Tensor
     model: AffinityVAE
     net: torch.nn.Module
@@ -169,9 +170,12 @@ def setup(cfg, data: Dataset, affinity: AffinityMatrix | None, device: torch.dev
     A = torch.as_tensor(affinity.values, dtype=torch.float32, device=device) if affinity is not None else None
     class_of = {c: i for i, c in enumerate(classes)}
     y_all = torch.tensor([class_of.get(c, -1) for c in data.labels.tolist()], dtype=torch.long)
-    x_all = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32)).unsqueeze(1)
-    if device.type == "cuda":
-        x_all = x_all.pin_memory()
+    if is_lazy(data.x):
+        x_all = data.x
+    else:
+        x_all = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32)).unsqueeze(1)
+        if device.type == "cuda":
+            x_all = x_all.pin_memory()
     model = build_model(cfg, data.shape).to(device)
     net = model
     if world > 1:
@@ -202,6 +206,13 @@ def restore(s: Session, ckpt_dir: Path) -> Path | None:
     return path
 
 
+def rows(s: Session, idx) -> torch.Tensor:
+    """Items ``idx`` as an (n, 1, ...) tensor: from the tensor in memory, or read from their files."""
+    if isinstance(s.x_all, torch.Tensor):
+        return s.x_all.index_select(0, torch.as_tensor(idx))
+    return torch.from_numpy(s.x_all[np.asarray(idx)]).unsqueeze(1)
+
+
 def _batches(idx: np.ndarray, batch_size: int, generator: torch.Generator | None, world: int = 1):
     """Shuffled global batches; a last batch too small to share among ranks is dropped."""
     order = torch.as_tensor(idx)
@@ -222,7 +233,7 @@ def memory_batches(s: Session, gen: torch.Generator) -> Iterator[tuple[torch.Ten
     for idx in _batches(s.splits.train, s.cfg.train.batch_size, gen, s.world):
         eps = torch.randn(len(idx), s.latent, generator=gen)[s.rank::s.world]
         idx = idx[s.rank::s.world]
-        x = s.x_all.index_select(0, idx)
+        x = rows(s, idx)
         if s.augment:
             x = random_octahedral(x, gen)
         yield x, s.y_all[idx], eps
@@ -324,7 +335,7 @@ def latent_map_accuracy(s: Session, mu_val: np.ndarray) -> float:
     from affvae.model import encode_all
 
     idx = map_items(s.splits.train, s.data.labels, s.cfg.eval.map_items, s.cfg.seed)
-    mu_train, _, _ = encode_all(s.model, s.x_all[idx].squeeze(1), s.device)
+    mu_train, _, _ = encode_all(s.model, rows(s, idx).squeeze(1), s.device)
     lm = LatentMap.fit(mu_train, s.data.labels[idx], s.classes, metric=s.cfg.eval.distance)
     predicted, _ = lm.predict(mu_val)
     return float((predicted == s.data.labels[s.splits.val]).mean())
@@ -340,7 +351,7 @@ def validate(s: Session, epoch: int) -> dict[str, float]:
     t0 = time.perf_counter()
     with torch.inference_mode():
         for idx in _batches(s.splits.val, 256, None):
-            x = s.x_all.index_select(0, idx).to(s.device, non_blocking=True).squeeze(1)
+            x = rows(s, idx).to(s.device, non_blocking=True).squeeze(1)
             yc = s.y_all[idx].to(s.device)
             with s.autocast():
                 recon, mu, logvar, pose, z = s.model(x, sample=False)
@@ -413,7 +424,8 @@ def train(cfg, data: Dataset, affinity: AffinityMatrix | None = None, batches: B
         logs = train_epoch(s, epoch, batches)
         logs.update(validate(s, epoch))
         logs["epoch_seconds"] = time.perf_counter() - t0
-        logs["samples_per_second"] = logs["train_items"] / max(logs["train_seconds"], 1e-9)
+        logs["samples_per_second"] = logs["train_items"] / max(logs["train_seconds"], 1e-9)  # all ranks
+        logs["workers"] = s.world
         s.history.append(logs)
         out_of_time = bool(cfg.train.max_minutes) and (time.perf_counter() - t_start) / 60 >= cfg.train.max_minutes
         ckpt = checkpoint(s, ckpt_dir, epoch, last=epoch + 1 == epochs or out_of_time)

@@ -264,6 +264,8 @@ def evaluate_trial(base: dict[str, Any], config: dict[str, Any], checkpoint_path
     if history:
         rates = [h["samples_per_second"] for h in history[1:] or history if "samples_per_second" in h]
         metrics["samples_per_second"] = float(np.median(rates)) if rates else math.nan
+        # the group's rate over its workers: the scaling figure of a study over trial.workers
+        metrics["samples_per_second_per_worker"] = metrics["samples_per_second"] / int(history[-1].get("workers", 1))
     return metrics
 
 
@@ -462,7 +464,7 @@ def finalize_study(spec: StudySpec, study_dir: Path, grid, tracker, shared: dict
 
 def _reuse_evaluation(row: dict[str, Any], run) -> None:
     """A trial evaluated before the study was resumed: its numbers from its MLflow run."""
-    row.update({k: v for k, v in run.data.metrics.items() if k in FINAL_METRICS or k == "samples_per_second"})
+    row.update({k: v for k, v in run.data.metrics.items() if k in FINAL_METRICS or k.startswith("samples_per_second")})
     row["nearest_seen"] = "; ".join(f"{k.split('.')[-1]}: {v.replace(',', ', ')}"
                                     for k, v in run.data.tags.items() if k.startswith("affvae.nearest_seen."))
 
@@ -518,7 +520,7 @@ def _safe(name: str) -> str:
 
 def _log_trial(tracker, row: dict[str, Any], metrics: dict[str, Any]) -> None:
     out = Path(row["run_dir"])
-    final = {k: metrics.get(k) for k in (*FINAL_METRICS, "samples_per_second")}
+    final = {k: metrics.get(k) for k in (*FINAL_METRICS, "samples_per_second", "samples_per_second_per_worker")}
     row.update({k: v for k, v in final.items() if v is not None})
     step = row["epochs_done"]
     tracker.log_metrics(row["run_id"], final, step=step)
@@ -542,7 +544,7 @@ def write_summary(spec: StudySpec, study_dir: Path, rows: list[dict[str, Any]], 
     out = study_dir / "summary"
     out.mkdir(parents=True, exist_ok=True)
     cols = ["trial_id", "name", "status", *spec.space, "epochs_done", "epochs", *FINAL_METRICS,
-            "samples_per_second", "nearest_seen", "run_id", "run_dir", "error"]
+            "samples_per_second", "samples_per_second_per_worker", "nearest_seen", "run_id", "run_dir", "error"]
     df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
     paths = {"trials": out / "trials.csv"}
     atomic_save(paths["trials"], lambda tmp: df.to_csv(tmp, index=False))

@@ -2,8 +2,9 @@
 
 Trains on rotated alphanumeric glyphs with growing numbers of items per class, each
 with 1 or more Ray Train workers (DistributedDataParallel), and reports the seen
-test accuracy and the training samples per second (median over epochs after the
-first, validation included).  Trials run one at a time and to the end, so the
+test accuracy and the training samples per second of the trial's worker group and per
+worker (median over epochs after the first; the items in memory, so training is what
+is timed).  Trials run one at a time and to the end, so the
 throughput of each is measured alone.  The parent MLflow run holds the heatmaps of
 accuracy and samples/s (workers x items per class) and the CSV of all trials.
 
@@ -25,7 +26,7 @@ from affvae.tune import StudySpec, deep_update, study_main
 def build(scale: str) -> StudySpec:
     doc = __doc__.splitlines()[0]
     common = {"scheduler": "fifo", "rows": "trial.workers", "cols": "data.n_per_class", "max_concurrent": 1,
-              "summary_metrics": ("accuracy", "samples_per_second"), "description": doc}
+              "summary_metrics": ("accuracy", "samples_per_second", "samples_per_second_per_worker"), "description": doc}
     if scale == "smoke":
         base = deep_update(BASE, data={"size": 32, "glyphs": "aeb2"}, train={"epochs": 2},
                            eval={"embedding": "pca", "figures": False})

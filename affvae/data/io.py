@@ -399,6 +399,7 @@ def load_folder(
     progress: bool = False,
     test_folder: bool = False,
     strict: bool = False,
+    lazy: bool = False,
 ) -> Dataset:
     """Read every object (and template) of a folder in the anchor layout.
 
@@ -407,7 +408,10 @@ def load_folder(
     items and templates share one shape, and with ``size`` resizes them (in
     batches) to a square/cubic box of that side.  ``progress`` shows a tqdm bar.
     ``test_folder`` also validates a ``test/`` sub-folder (:func:`check_test_folder`:
-    readable files of the items' shape), without keeping its items.
+    readable files of the items' shape), without keeping its items.  ``lazy`` reads
+    only the first item (for the shape) and the templates: ``x`` is then a
+    :class:`~affvae.data.lazy.LazyItems` that reads files when indexed (a folder
+    larger than memory); a file of another shape is an error when it is read.
     """
     if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer))
                              or size < 2):
@@ -415,7 +419,8 @@ def load_folder(
     index = index_folder(root, classes=classes, affinity=affinity, strict=strict)
     root = index.root
 
-    x = read_items([root / rel for rel in index.paths], progress=progress, desc=f"reading {root.name}")
+    files = [root / rel for rel in index.paths]
+    x = read_items(files[:1] if lazy else files, progress=progress, desc=f"reading {root.name}")
     first = index.paths[0]
 
     templates: dict[str, np.ndarray] = {}
@@ -431,8 +436,14 @@ def load_folder(
         check_test_folder(root, x.shape[1:])
     file_shape = tuple(int(n) for n in x.shape[1:])
 
-    if size is not None:
+    if lazy:
+        from affvae.data.lazy import LazyItems
+
+        x = LazyItems(files, (int(size),) * len(file_shape) if size is not None else file_shape,
+                      size=int(size) if size is not None else None, file_shape=file_shape)
+    elif size is not None:
         x = _resize(x, int(size))
+    if size is not None:
         if templates:
             names = list(templates)
             stacked = _resize(np.stack([templates[c] for c in names]), int(size))

@@ -19,6 +19,7 @@ from affvae.affinity.matrix import (
 )
 from affvae.affinity.metrics import ConstantObject
 from affvae.data.io import Dataset, load_folder
+from affvae.data.lazy import is_lazy
 from affvae.errors import ConfigError, DataError
 from affvae.transforms.imaging import Imaging, image, normalise
 from affvae.transforms.poses import item_seeds
@@ -67,8 +68,9 @@ def build_dataset(cfg, progress: bool = False) -> Dataset:
     d = cfg.data
     if d.source in ("folder", "star"):
         if d.source == "folder":
+            # a streamed folder is read when its batches are: its items too (validation, test)
             ds = load_folder(d.path, size=d.size, classes=d.classes, affinity=d.affinity, progress=progress,
-                             test_folder=True, strict=d.affinity_strict)
+                             test_folder=True, strict=d.affinity_strict, lazy=d.stream)
         else:
             from affvae.data.star import load_star
 
@@ -87,7 +89,7 @@ def build_dataset(cfg, progress: bool = False) -> Dataset:
         raise ConfigError("data: no classes left to train on")
     # the one imaging pipeline, with each item's own seed: the stream's items are imaged alike
     seeds = ds.seeds if ds.seeds is not None else item_seeds(cfg.seed, np.arange(len(ds)))
-    ds.x = image(ds.x, Imaging.of(d), seeds)
+    ds.x = ds.x.imaged(Imaging.of(d), seeds) if is_lazy(ds.x) else image(ds.x, Imaging.of(d), seeds)
     ds.templates = {c: normalise(t[None], d.normalise)[0] for c, t in ds.templates.items()}
     return ds
 

@@ -1,19 +1,29 @@
-"""Benchmark: the Ray Data stream of augmented volumes against what training consumes.
+"""Benchmark: streamed training against in-memory training, for the same config, in one run.
 
-For 32^3 and 64^3 tetracube volumes (random rotation over SO(3), noise at SNR 1 and
-a +-60 degree missing wedge) it prints, measured in this run:
+For each shipped config (default ``configs/tetramino.yaml`` at 32^3 and
+``configs/proteins.yaml`` at 64^3: SNR 1, +-60 degree wedge) it trains a few epochs
+four ways through affvae's own ``train`` and prints the training samples/s of each
+(items over training seconds, epochs after the first):
 
-* stream   volumes per second delivered by the Ray Data stream with a local Ray of
-           1 and 2 CPUs, and by the same functions in this process (no Ray);
-* consume  samples per second of a training step (forward + backward + Adam) of the
-           reference architectures (32^3: 8-16-32 filters, batch 32; 64^3: 3-6-12-24,
-           batch 25) on data already in memory, with both cores;
-* ratio    stream / consume: above 1 the trainer never waits on data (when the two
-           share the cores, the split of the cores decides);
-* memory   peak RSS (driver, Ray and its workers together) streaming 1x and 10x items,
-           each in a fresh process; the stream should stay flat (target 10x / 1x <= 1.2).
+* memory, 1 process      the items rendered once, in memory (``data.stream: false``);
+* stream, 1 process      fresh items every epoch, rendered in a thread of the training
+                         process (``data.stream: true``, the local engine);
+* memory, N workers      Ray Train, N DistributedDataParallel workers (``--workers N``);
+* stream, N workers      the same with the workers' items rendered by Ray Data tasks;
 
-    python benchmarks/stream.py [--items 1200] [--sizes 32,64] [--skip-memory]
+and the ratio stream / memory of each pair (target >= 0.75).  It also prints how many
+volumes per second the renderer makes alone, and the peak memory (RSS of the driver,
+Ray and its workers together) of streaming 1x and 10x items through Ray Data, each
+in a fresh process (target 10x / 1x <= 1.2).
+
+``--folder GIB`` trains one epoch on folders of 32^3 files whose items total GIB and
+10 x GIB, each in a fresh process whose data memory is capped at GIB (``RLIMIT_DATA``):
+the folder is streamed and its validation split read lazily, so the 10x folder trains
+within the cap with the same peak RSS (target 10x / 1x <= 1.2).
+
+    python benchmarks/stream.py [--configs tetramino,proteins] [--epochs 4] [--workers 2]
+                                [--skip-ray] [--skip-memory] [--memory-items 1000]
+                                [--folder 1 --folder-dir /tmp/affvae-folders]
 """
 
 from __future__ import annotations
@@ -29,82 +39,86 @@ from pathlib import Path
 
 import numpy as np
 
-
-def spec_for(size: int):
-    from affvae.data.stream import StreamSpec
-
-    sim = {"size": size, "shapes": ("I", "O", "T", "L", "S", "branch", "screwR", "screwL"),
-           "cube": None, "elongation": 1.0, "fused": (), "fuse_mode": "union", "rotation": "uniform"}
-    return StreamSpec("tetramino", sim["shapes"], seed=0, sim=sim, snr=1.0, wedge=60.0)
+ROOT = Path(__file__).resolve().parents[1]
+#: items per class of each config here: enough batches per epoch for a steady rate
+ITEMS = {"tetramino": 200, "proteins": 60}
 
 
-def batch_size_for(size: int) -> int:
-    return 32 if size <= 32 else 25
+def config_for(name: str, epochs: int, stream: bool):
+    from affvae.config import load_config
+
+    return load_config(ROOT / "configs" / f"{name}.yaml", overrides=[
+        f"data.n_per_class={ITEMS.get(name, 100)}", f"train.epochs={epochs + 1}",
+        f"data.stream={'true' if stream else 'false'}"])
 
 
-def ray_rate(size: int, items: int, cpus: int) -> float:
-    import ray
-
-    from affvae.data.stream import ray_dataset
-    from affvae.raysession import ensure_ray
-
-    ensure_ray(num_cpus=cpus)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        spec = spec_for(size)
-        bs = batch_size_for(size)
-        # warm-up: workers start and import torch once
-        for _ in ray_dataset(spec, n_items=4 * bs, batch_size=bs).iter_batches(batch_size=bs):
-            pass
-        t0 = time.perf_counter()
-        n = 0
-        for b in ray_dataset(spec, n_items=items, batch_size=bs, offset=10**6).iter_batches(
-                batch_size=bs, batch_format="numpy", prefetch_batches=4):
-            n += len(b["x"])
-        return n / (time.perf_counter() - t0)
-    finally:
-        ray.shutdown()
+def rate(history: list[dict]) -> float:
+    """Training samples/s over the epochs after the first (allocator and worker warm-up)."""
+    timed = history[1:] or history
+    return sum(h["train_items"] for h in timed) / sum(h["train_seconds"] for h in timed)
 
 
-def local_rate(size: int, items: int) -> float:
-    from affvae.data.stream import local_batches, simulated_table
+def train_rate(name: str, epochs: int, stream: bool, workers: int, data, affinity) -> float:
+    from affvae.data.stream import stream_batches
+    from affvae.train import train
 
-    spec = spec_for(size)
-    bs = batch_size_for(size)
+    cfg = config_for(name, epochs, stream)
+    if workers > 1:
+        from affvae.distributed import train_distributed
+
+        return rate(train_distributed(cfg, data, workers=workers, affinity=affinity).history)
+    batches = stream_batches(cfg, data) if stream else None
+    return rate(train(cfg, data, affinity, batches).history)
+
+
+def render_rate(name: str, items: int = 256) -> float:
+    """Volumes/s of the stream's renderer alone in this process (pose, imaging, normalisation)."""
+    from affvae.data.sources import make_simulator
+    from affvae.data.stream import local_batches, simulated_table, spec_from_config
+
+    cfg = config_for(name, 1, True)
+    spec = spec_from_config(cfg, make_simulator(cfg.data).classes)
     table = simulated_table(spec, np.arange(items))
+    next(local_batches(spec, {k: v[:8] for k, v in table.items()}, 8))  # templates, imports
     t0 = time.perf_counter()
-    n = sum(len(b["x"]) for b in local_batches(spec, table, bs))
+    n = sum(len(b["x"]) for b in local_batches(spec, table, cfg.train.batch_size))
     return n / (time.perf_counter() - t0)
 
 
-def consume_rate(size: int, steps: int = 20) -> float:
-    import torch
+def compare(name: str, epochs: int, workers: list[int]) -> None:
+    from affvae.data.sources import build_dataset, resolve_affinity
 
-    from affvae.losses import loss_terms
-    from affvae.model import AffinityVAE
+    cfg = config_for(name, epochs, False)
+    data = build_dataset(cfg)
+    affinity = resolve_affinity(cfg, data)
+    size = cfg.data.size
+    print(f"{name} ({size}^{len(data.shape)}, batch {cfg.train.batch_size}, {len(data)} items; "
+          f"renderer alone {render_rate(name):.0f} volumes/s):", flush=True)
+    for w in workers:
+        memory = train_rate(name, epochs, False, w, data, affinity)
+        streamed = train_rate(name, epochs, True, w, data, affinity)
+        where = "1 process" if w == 1 else f"{w} Ray Train workers, Ray Data"
+        print(f"  {where:32s} memory {memory:7.1f} samples/s   stream {streamed:7.1f}   "
+              f"ratio {streamed / memory:5.2f} (target >= 0.75)", flush=True)
+        if w > 1:
+            import ray
 
-    torch.manual_seed(0)
-    filters = [8, 16, 32] if size <= 32 else [3, 6, 12, 24]
-    bs = batch_size_for(size)
-    model = AffinityVAE((size,) * 3, filters, latent_dims=8, pose_dims=3)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    x = torch.rand(bs, size, size, size)
-    y = torch.randint(0, 8, (bs,))
-    A = torch.eye(8)
+            ray.shutdown()
 
-    def step():
-        recon, mu, logvar, pose, z = model(x)
-        total, _ = loss_terms(x, recon, mu, logvar, z, y, A, beta=1.0, gamma=1.0)
-        opt.zero_grad()
-        total.backward()
-        opt.step()
 
-    for _ in range(3):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * bs / (time.perf_counter() - t0)
+# ------------------------------------------------------------------------- memory
+
+
+def memory_spec(size: int):
+    """Tetracubes at SNR 1 with a +-60 degree wedge, the stream of the memory measurement."""
+    from affvae.data.stream import StreamSpec
+    from affvae.transforms.imaging import Imaging
+
+    sim = {"size": size, "shapes": ("I", "O", "T", "L", "S", "branch", "screwR", "screwL"),
+           "cube": None, "elongation": 1.0, "fused": (), "fuse_mode": "union", "rotation": "uniform",
+           "fast": True}
+    return StreamSpec("tetramino", sim["shapes"], seed=0, sim=sim,
+                      imaging=Imaging(snr=1.0, wedge=60.0, normalise="minmax"))
 
 
 def _tree_rss_kib(pid: int) -> int:
@@ -133,8 +147,9 @@ STREAM_BUFFER_MIB = 128
 def memory_child(size: int, items: int) -> None:
     """Stream ``items`` volumes through Ray Data, print the peak RSS of the process tree."""
     import ray
+    from ray.data import DataContext
 
-    from affvae.data.stream import ray_dataset
+    from affvae.data.stream import bound_stream_memory, ray_dataset
 
     peak = [0]
     done = threading.Event()
@@ -146,23 +161,16 @@ def memory_child(size: int, items: int) -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              object_store_memory=512 * 2**20)
-    from ray.data import DataContext
-
-    from affvae.data.stream import bound_stream_memory
-
     # the stream's buffer of rendered blocks is bounded (as in training), so memory
     # does not grow with the number of items streamed
     bound_stream_memory(STREAM_BUFFER_MIB)
     DataContext.get_current().enable_progress_bars = False
     threading.Thread(target=sample, daemon=True).start()
-    bs = batch_size_for(size)
-    n = 0
-    checksum = 0.0
+    n, bs = 0, 32
     t0 = time.perf_counter()
-    for b in ray_dataset(spec_for(size), n_items=items, batch_size=bs).iter_batches(
+    for b in ray_dataset(memory_spec(size), n_items=items, batch_size=bs).iter_batches(
             batch_size=bs, batch_format="numpy", prefetch_batches=4):
         n += len(b["x"])
-        checksum += float(b["x"][:, 0, 0, 0].sum())
     seconds = time.perf_counter() - t0
     done.set()
     ray.shutdown()
@@ -170,39 +178,94 @@ def memory_child(size: int, items: int) -> None:
 
 
 def memory_run(size: int, items: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--memory-child", str(items), "--sizes", str(size)],
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(items)],
                          capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ folder larger than memory
+
+
+def write_folder(root: Path, gib: float) -> Path:
+    """A folder of 32^3 tetracube files (fast render, .npy) whose items total ``gib`` GiB."""
+    from affvae.data.simulate import TetraminoSimulator, write_dataset
+
+    sim = TetraminoSimulator(size=32, fast=True)
+    per_class = max(2, int(gib * 2**30 / (32**3 * 4) / len(sim.classes)))
+    out = root / f"tetracubes_{gib:g}gib"
+    if not (out / "manifest.csv").is_file():
+        write_dataset(sim, out, per_class, ext=".npy", overwrite=True, batch_size=256, progress=True)
+    return out
+
+
+def folder_child(path: str, cap_gib: float) -> None:
+    """Train one epoch streaming ``path`` under a data-memory cap; print the peak RSS."""
+    import resource
+
+    cap = int(cap_gib * 2**30)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+    from affvae.config import build_config
+    from affvae.data.sources import build_dataset
+    from affvae.data.stream import stream_batches
+    from affvae.train import train
+
+    cfg = build_config(overrides={"data.source": "folder", "data.path": path, "data.stream": True,
+                                  "loss.gamma": 0.0, "train.epochs": 1, "train.batch_size": 32,
+                                  "model.filters": [8, 16, 32], "model.pose_dims": 3})
+    t0 = time.perf_counter()
+    data = build_dataset(cfg)
+    res = train(cfg, data, None, stream_batches(cfg, data))
+    h = res.history[-1]
+    print(json.dumps({"items": len(data), "item_gib": len(data) * 32**3 * 4 / 2**30, "train_items": h["train_items"],
+                      "val_accuracy": h["val_accuracy"], "seconds": time.perf_counter() - t0,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def folder_run(path: Path, cap_gib: float) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--folder-child", str(path), "--folder", str(cap_gib)],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"training on {path} under a {cap_gib:g} GiB cap failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--items", type=int, default=1200, help="volumes per throughput measurement")
-    ap.add_argument("--sizes", default="32,64")
+    ap.add_argument("--configs", default="tetramino,proteins", help="names of configs/*.yaml")
+    ap.add_argument("--epochs", type=int, default=4, help="timed epochs after one warm-up epoch")
+    ap.add_argument("--workers", type=int, default=2, help="Ray Train workers of the distributed pair")
+    ap.add_argument("--skip-ray", action="store_true", help="only the single-process pair")
     ap.add_argument("--memory-items", type=int, default=1000, help="items of the 1x memory run (32^3)")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--folder", type=float, help="GiB of items of the 1x folder, and the memory cap")
+    ap.add_argument("--folder-dir", default="/tmp/affvae-folders", help="where the folders are written")
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--folder-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
     if args.memory_child:
-        memory_child(sizes[0], args.memory_child)
+        memory_child(32, args.memory_child)
         return
+    if args.folder_child:
+        folder_child(args.folder_child, args.folder)
+        return
+    if args.folder:
+        root = Path(args.folder_dir)
+        runs = [folder_run(write_folder(root, g), args.folder) for g in (args.folder, 10 * args.folder)]
+        for r in runs:
+            print(f"folder of {r['items']} items ({r['item_gib']:.1f} GiB) under a {args.folder:g} GiB cap: "
+                  f"trained {r['train_items']} items in {r['seconds']:.0f} s, peak RSS {r['peak_rss_mib']:.0f} MiB")
+        print(f"peak RSS 10x / 1x {runs[1]['peak_rss_mib'] / runs[0]['peak_rss_mib']:.2f} (target <= 1.2)")
+        return
+    import torch
 
-    for size in sizes:
-        items = args.items if size <= 32 else max(args.items // 4, 100)
-        consume = consume_rate(size)
-        local = local_rate(size, min(items, 200))
-        r1 = ray_rate(size, items, 1)
-        r2 = ray_rate(size, items, 2)
-        print(f"{size}^3 (noise SNR 1, wedge +-60, batch {batch_size_for(size)}):")
-        print(f"  training step consumes   {consume:8.1f} samples/s")
-        print(f"  local render (no Ray)    {local:8.1f} volumes/s   ratio {local / consume:5.2f}")
-        print(f"  Ray Data, 1 CPU          {r1:8.1f} volumes/s   ratio {r1 / consume:5.2f}")
-        print(f"  Ray Data, 2 CPUs         {r2:8.1f} volumes/s   ratio {r2 / consume:5.2f}", flush=True)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, threads {torch.get_num_threads()}")
+    workers = [1] if args.skip_ray else [1, args.workers]
+    for name in args.configs.split(","):
+        compare(name, args.epochs, workers)
     if not args.skip_memory:
         one = memory_run(32, args.memory_items)
         ten = memory_run(32, 10 * args.memory_items)
-        print(f"memory, 32^3 stream: 1x {one['items']} items peak {one['peak_rss_mib']:.0f} MiB "
+        print(f"memory, 32^3 Ray Data stream: 1x {one['items']} items peak {one['peak_rss_mib']:.0f} MiB "
               f"({one['seconds']:.0f} s); 10x {ten['items']} items peak {ten['peak_rss_mib']:.0f} MiB "
               f"({ten['seconds']:.0f} s); ratio {ten['peak_rss_mib'] / one['peak_rss_mib']:.2f} (target <= 1.2)")
 

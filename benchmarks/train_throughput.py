@@ -7,11 +7,13 @@ implementation, timed through affvae's own ``train(cfg, data)``:
   (b) 64^2 glyphs, blocks 8-16-32, batch norm, latent 8, pose 1, batch 32
   (c) 64^3 volumes, blocks 3-6-12-24, batch norm, latent 8, pose 3, batch 25
 
-The baseline is the reference implementation measured on this 2-core machine
-(figures from the issue: a) 475-500, b) 1,040-1,080, c) 90-110 samples/s, runs vary
-by about 20%); it cannot run here (it needs its own data pipeline and
-torchvision), so its midpoints are the denominators.  Target: at least 2x each.
-The first epoch (allocator and oneDNN warm-up) is excluded.
+The baseline is the reference implementation measured side by side with affvae on
+this machine kind (2 cores; the same workloads, quiet machine, runs alternated, the
+reference timed from its own epoch logs; figures from the issue "One imaging
+pipeline, a stream that never starves the trainer"): a) 436, b) 969, c) 116
+samples/s.  It cannot run here (it needs its own data pipeline and torchvision), so
+those figures are the denominators.  Targets: 2x for a) and c), 3x for b).  The
+first epoch (allocator and oneDNN warm-up) is excluded.
 
     python benchmarks/train_throughput.py [--epochs 3] [--items 640] [--only a,b,c] [--amp auto|on|off]
 
@@ -26,7 +28,9 @@ import time
 
 import numpy as np
 
-REFERENCE = {"a": 487.5, "b": 1060.0, "c": 100.0}
+#: the reference implementation's samples/s, measured side by side on this machine kind
+REFERENCE = {"a": 436.0, "b": 969.0, "c": 116.0}
+TARGET = {"a": 2.0, "b": 3.0, "c": 2.0}
 WORKLOADS = {
     "a": dict(source="tetramino", size=32, filters=[8, 16, 32], pose=3, batch=32),
     "b": dict(source="alphanumeric", size=64, filters=[8, 16, 32], pose=1, batch=32),
@@ -82,7 +86,7 @@ def main() -> None:
         ours = run(key, args.epochs, args.items if key != "c" else max(200, args.items // 4), args.amp)
         ref = REFERENCE[key]
         print(f"({key}) ours {ours:8.1f} samples/s   reference {ref:7.1f}   ratio {ours / ref:5.2f}x"
-              f"   (target >= 2x; {time.perf_counter() - t0:.0f} s)")
+              f"   (target >= {TARGET[key]:g}x; {time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ import torch
 from affvae import checkpoints
 from affvae.affinity.matrix import AffinityMatrix
 from affvae.data.io import Dataset
-from affvae.data.lazy import LazyItems, is_lazy
+from affvae.data.lazy import LazyItems, is_lazy, subset
 from affvae.data.splits import Splits, splits_of
 from affvae.errors import AffvaeError, ConfigError, DataError
 from affvae.losses import class_anchors, loss_terms, schedule_value
@@ -335,7 +335,7 @@ def latent_map_accuracy(s: Session, mu_val: np.ndarray) -> float:
     from affvae.model import encode_all
 
     idx = map_items(s.splits.train, s.data.labels, s.cfg.eval.map_items, s.cfg.seed)
-    mu_train, _, _ = encode_all(s.model, rows(s, idx).squeeze(1), s.device)
+    mu_train, _, _ = encode_all(s.model, subset(s.x_all, idx), s.device)  # lazy items read per batch
     lm = LatentMap.fit(mu_train, s.data.labels[idx], s.classes, metric=s.cfg.eval.distance)
     predicted, _ = lm.predict(mu_val)
     return float((predicted == s.data.labels[s.splits.val]).mean())

@@ -45,7 +45,7 @@ def simulator_kwargs(d) -> dict:
     if d.source == "proteins":
         return {"structures": tuple(d.structures), "size": d.size or 64, "resolution": d.resolution,
                 "voxel_size": d.voxel_size or d.resolution / 3,
-                "rotation": d.rotation if d.rotation != "grid" else "uniform", "fast": d.render == "fast"}
+                "rotation": d.rotation, "fast": d.render == "fast"}
     if d.source == "alphanumeric":
         return {"size": d.size or 64, "glyphs": tuple(g for g in d.glyphs if not g.isspace()),
                 "glyph_size": d.glyph_size, "rotation": d.rotation if d.rotation != "grid" else "uniform"}

@@ -59,6 +59,26 @@ def test_ray_data_gives_the_same_items_as_the_local_path(ray_cluster):
     assert max(np.abs(lo[i] - re[i]).max() for i in lo) < 1e-6
 
 
+@pytest.mark.slow
+def test_the_ray_engine_serves_each_epoch_the_local_engines_items_in_order(ray_cluster):
+    # every epoch from one Ray Dataset (epochs 0-2 asked in turn, then epoch 1 again as
+    # after a restart): each epoch gets exactly its own items, in the local engine's order
+    from affvae.data.stream import epoch_batches_for
+
+    cfg = build_config(overrides=TETRA + ["data.snr=2"])
+    data = build_dataset(cfg)
+    spec = spec_from_config(cfg, data.classes)
+    train_idx = np.arange(12)
+    local = epoch_batches_for(spec, data, train_idx, 4, engine="local")
+    ray_ = epoch_batches_for(spec, data, train_idx, 4, engine="ray", epochs=3)
+    for epoch in (0, 1, 2, 1):
+        want = [(x, y) for x, y in local(epoch)]
+        got = [(x, y) for x, y in ray_(epoch)]
+        assert len(got) == len(want) == 3
+        for (xa, ya), (xb, yb) in zip(got, want):
+            assert np.array_equal(ya, yb) and np.abs(xa - xb).max() < 1e-5  # 1 thread there, 2 here
+
+
 def recording(batches):
     """``batches`` that also records, per epoch asked for, the items it served."""
     served: dict[int, list] = {}

@@ -183,11 +183,13 @@ def ray_dataset(spec: StreamSpec, n_items: int | None = None, batch_size: int = 
 
 def bound_stream_memory(mib: int = 128) -> None:
     """Cap the object-store memory this process's Ray Datasets buffer (rendered blocks
-    waiting to be consumed), so a stream's memory does not grow with its length."""
+    waiting to be consumed), so a stream's memory does not grow with its length; and
+    keep their order, so each epoch gets its own items whichever task renders first."""
     from ray.data import DataContext, ExecutionResources
 
-    DataContext.get_current().execution_options.resource_limits = ExecutionResources(
-        object_store_memory=mib * 2**20)
+    options = DataContext.get_current().execution_options
+    options.resource_limits = ExecutionResources(object_store_memory=mib * 2**20)
+    options.preserve_order = True
 
 
 def rank_items(n: int, batch_size: int, rank: int = 0, world: int = 1) -> np.ndarray:
@@ -206,7 +208,7 @@ def rank_items(n: int, batch_size: int, rank: int = 0, world: int = 1) -> np.nda
 
 
 def epoch_batches_for(spec: StreamSpec, data, train_idx: np.ndarray, batch_size: int,
-                      rank: int = 0, world: int = 1, engine: str = "local"):
+                      rank: int = 0, world: int = 1, engine: str = "local", epochs: int | None = None):
     """``batches(epoch)`` for :func:`affvae.train.train`: this rank's streamed training batches.
 
     Simulated data: epoch e trains on fresh items ``e*n .. (e+1)*n - 1`` (n the size
@@ -216,13 +218,17 @@ def epoch_batches_for(spec: StreamSpec, data, train_idx: np.ndarray, batch_size:
     thread beside the step was measured slower for 32^3 batches: the two OpenMP teams
     fight for the cores); "ray" renders in Ray Data tasks and prefetches, so rendering
     overlaps the training step where there are cores to spare.  Both give the same items.
+
+    With "ray" and ``epochs`` (the run's total), simulated items of every epoch still
+    to come stream from one Ray Dataset, in order: no start-up per epoch, and the
+    next epoch's first batches render while this one validates.
     """
     n = len(train_idx)
     local = batch_size // world
     classes = list(spec.classes)
+    pos = rank_items(n, batch_size, rank, world)
 
     def table_of(epoch: int) -> dict[str, np.ndarray]:
-        pos = rank_items(n, batch_size, rank, world)
         if spec.source == "folder":
             from affvae.labels import index_of
 
@@ -234,8 +240,23 @@ def epoch_batches_for(spec: StreamSpec, data, train_idx: np.ndarray, batch_size:
 
     if engine == "ray":
         bound_stream_memory()
+    span: dict = {"next": None, "batches": None}  # the epoch the open stream serves next, and its batches
+
+    def spanning(epoch: int):
+        if span["next"] != epoch:  # the first epoch, or another than the next (a restart): a new stream
+            ids = np.concatenate([epoch_ * n + pos for epoch_ in range(epoch, max(epoch + 1, epochs))])
+            span["batches"] = iter(ray_dataset(spec, batch_size=local, ids=ids).iter_batches(
+                batch_size=local, batch_format="numpy", prefetch_batches=2, drop_last=True))
+        span["next"] = None  # until this epoch is consumed whole
+        for _ in range(len(pos) // local):
+            b = next(span["batches"])
+            yield b["x"], b["label"]
+        span["next"] = epoch + 1
 
     def batches(epoch: int):
+        if engine == "ray" and epochs is not None and spec.source != "folder":
+            yield from spanning(epoch)
+            return
         table = table_of(epoch)
         if engine == "ray":
             ds = ray_dataset(spec, batch_size=local, table=table if spec.source == "folder" else None,
@@ -255,4 +276,4 @@ def stream_batches(cfg, data, rank: int = 0, world: int = 1, engine: str = "loca
     from affvae.data.splits import splits_of
 
     return epoch_batches_for(spec_from_config(cfg, data.classes), data, splits_of(cfg, data).train,
-                             cfg.train.batch_size, rank, world, engine=engine)
+                             cfg.train.batch_size, rank, world, engine=engine, epochs=cfg.train.epochs)

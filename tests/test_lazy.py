@@ -37,15 +37,21 @@ def test_a_streamed_folder_is_read_lazily_and_images_items_as_the_whole_read(fol
         np.asarray(lazy.x)
 
 
-def test_training_on_lazy_items_equals_training_in_memory(folder):
-    # the same batches, read per batch from the files: the same losses and validation
-    cfg_mem = build_config(overrides=overrides(folder, False))
+def test_training_on_lazy_items_equals_training_in_memory(folder, tmp_path):
+    # the same batches, read per batch from the files: the same losses and validation,
+    # and the run folder's evaluation (encodings, figures' thumbnails) from lazy items too
+    from affvae.runs import save_run
+
+    cfg_mem = build_config(overrides=overrides(folder, False) + ["eval.embedding=pca"])
     whole = build_dataset(cfg_mem)
     lazy = build_dataset(build_config(overrides=overrides(folder, True)))
     a = train(cfg_mem, whole, resolve_affinity(cfg_mem, whole))
     b = train(cfg_mem, lazy, resolve_affinity(cfg_mem, lazy))
     for key in ("train_total", "val_total", "val_accuracy"):
         np.testing.assert_allclose([h[key] for h in a.history], [h[key] for h in b.history], rtol=1e-5)
+    ma, mb = save_run(a, whole, tmp_path / "a"), save_run(b, lazy, tmp_path / "b")
+    assert ma["n_items"] == mb["n_items"] > 0 and ma["accuracy"] == mb["accuracy"]
+    assert (tmp_path / "b" / "figures" / "latent_map.html").is_file()
 
 
 def test_a_file_of_another_shape_is_named_when_it_is_read(tmp_path):

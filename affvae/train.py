@@ -52,6 +52,7 @@ from affvae.data.splits import Splits, splits_of
 from affvae.errors import AffvaeError, ConfigError, DataError
 from affvae.losses import class_anchors, loss_terms, schedule_value
 from affvae.model import AffinityVAE, build_model
+from affvae.runtime import keep_large_blocks
 from affvae.transforms.augment import octahedral_augment, random_octahedral
 
 TERMS = ("recon", "kl", "affinity", "total")
@@ -157,6 +158,7 @@ def _seed_everything(seed: int) -> None:
 
 def setup(cfg, data: Dataset, affinity: AffinityMatrix | None, device: torch.device | None = None) -> Session:
     """Seed, device, splits, tensors, model, optimiser and loss settings of a run."""
+    keep_large_blocks()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     _seed_everything(cfg.seed)

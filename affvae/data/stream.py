@@ -92,9 +92,11 @@ def render_batch(batch: dict[str, np.ndarray], spec: StreamSpec) -> dict[str, np
     applies the effects with each item's own noise and normalises, exactly as the
     in-memory dataset does.
     """
+    from affvae.runtime import keep_large_blocks
     from affvae.transforms.imaging import image
     from affvae.transforms.poses import item_seeds
 
+    keep_large_blocks()  # in Ray Data workers too: batches of 64^3 volumes exceed glibc's mmap threshold
     labels = np.asarray(batch["label"], dtype=np.int64)
     ids = np.asarray(batch["id"])
     if spec.source == "folder":

@@ -91,26 +91,28 @@ class AffinityVAE(nn.Module):
         pose = self.fc_pose(h) if self.fc_pose is not None else h.new_zeros(h.shape[0], 0)
         return self.fc_mu(h), self.fc_logvar(h), pose
 
-    def decode(self, z: torch.Tensor, pose: torch.Tensor | None = None) -> torch.Tensor:
-        """(z, pose) -> reconstruction (N, *shape)."""
+    def decode(self, z: torch.Tensor, pose: torch.Tensor | None = None, logits: bool = False) -> torch.Tensor:
+        """(z, pose) -> reconstruction (N, *shape); with ``logits`` the last layer's output
+        before the sigmoid (for a loss that fuses it, :func:`affvae.losses.reconstruction_loss`)."""
         if self.pose_dims:
             if pose is None:
                 pose = z.new_zeros(z.shape[0], self.pose_dims)
             z = torch.cat([z, pose], dim=1)
         h = self.fc_dec(z).view(z.shape[0], *self.bottom)
         y = self.decoder(h).squeeze(1)
-        return torch.sigmoid(y) if self.output == "sigmoid" else y
+        return torch.sigmoid(y) if self.output == "sigmoid" and not logits else y
 
-    def forward(self, x: torch.Tensor, sample: bool = True, eps: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, sample: bool = True, eps: torch.Tensor | None = None,
+                logits: bool = False):
         """Encode, sample z = mu + eps * sigma (``eps`` standard normal, drawn if not
-        given) and decode; with ``sample=False`` z = mu."""
+        given) and decode; with ``sample=False`` z = mu; ``logits`` as in :meth:`decode`."""
         mu, logvar, pose = self.encode(x)
         if sample:
             eps = torch.randn_like(mu) if eps is None else eps.to(mu.dtype)
             z = mu + eps * torch.exp(0.5 * logvar)
         else:
             z = mu
-        return self.decode(z, pose), mu, logvar, pose, z
+        return self.decode(z, pose, logits), mu, logvar, pose, z
 
 
 def build_model(cfg, shape: Sequence[int]) -> AffinityVAE:

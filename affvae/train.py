@@ -193,7 +193,9 @@ def setup(cfg, data: Dataset, affinity: AffinityMatrix | None, device: torch.dev
                    net=net, opt=opt, scaler=torch.amp.GradScaler("cuda") if use_amp else None,
                    affinity=affinity, A=A,
                    loss_kw=dict(recon=lc.recon, convention=lc.convention, anchors=anchors,
-                                anchor_weight=lc.anchors, pairs=lc.pairs))
+                                anchor_weight=lc.anchors, pairs=lc.pairs,
+                                # the loss applies the decoder's sigmoid, fused with the error
+                                from_logits=model.output == "sigmoid"))
 
 
 def restore(s: Session, ckpt_dir: Path) -> Path | None:
@@ -298,7 +300,8 @@ def train_epoch(s: Session, epoch: int, batches: Batches | None = None) -> dict[
         x = x.to(s.device, non_blocking=True).squeeze(1)
         yc = yc.to(s.device, non_blocking=True)
         with s.autocast():
-            recon, mu, logvar, pose, z = s.net(x, eps=eps.to(s.device, non_blocking=True))
+            recon, mu, logvar, pose, z = s.net(x, eps=eps.to(s.device, non_blocking=True),
+                                               logits=s.loss_kw["from_logits"])
         total, terms = loss_terms(x, recon, mu.float(), logvar.float(), z.float(), yc, s.A,
                                   beta=beta, gamma=gamma, **s.loss_kw)
         _check_finite(s, total, terms, epoch, beta, gamma)
@@ -356,7 +359,7 @@ def validate(s: Session, epoch: int) -> dict[str, float]:
             x = rows(s, idx).to(s.device, non_blocking=True).squeeze(1)
             yc = s.y_all[idx].to(s.device)
             with s.autocast():
-                recon, mu, logvar, pose, z = s.model(x, sample=False)
+                recon, mu, logvar, pose, z = s.model(x, sample=False, logits=s.loss_kw["from_logits"])
             _, terms = loss_terms(x, recon, mu.float(), logvar.float(), z.float(), yc, s.A,
                                   beta=beta, gamma=gamma, **s.loss_kw)
             vsums += torch.stack([terms[t].double().cpu() for t in TERMS]) * len(idx)

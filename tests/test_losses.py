@@ -154,6 +154,21 @@ def test_reconstruction_losses():
     assert float(reconstruction_loss(x, y, "bce", "formula")) == pytest.approx(bce, rel=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["mse", "bce"])
+@pytest.mark.parametrize("convention", ["reference", "formula"])
+def test_losses_on_logits_equal_the_losses_of_the_sigmoid_with_their_gradients(kind, convention):
+    torch.manual_seed(3)
+    x = torch.rand(5, 6, 7, dtype=torch.double)
+    logits = (torch.randn(5, 6, 7, dtype=torch.double) * 3).requires_grad_()
+    fused = reconstruction_loss(x, logits, kind, convention, from_logits=True)
+    plain = reconstruction_loss(x, torch.sigmoid(logits), kind, convention)
+    assert fused.dtype == torch.float32  # the loss is computed in float32, as the plain one
+    (g_fused,) = torch.autograd.grad(fused, logits)
+    (g_plain,) = torch.autograd.grad(plain, logits)
+    assert float(fused) == pytest.approx(float(plain), rel=1e-5)
+    assert torch.allclose(g_fused, g_plain, rtol=1e-4, atol=1e-9)
+
+
 def test_gamma_zero_is_plain_beta_vae(batch):
     z, c, A = batch
     x = torch.rand(7, 4, 4)

@@ -55,6 +55,11 @@ def test_item_noise_is_splitmix64_and_box_muller():
 def test_item_noise_and_seeds_depend_on_the_item_not_the_batch():
     z = item_normals(np.array([5, 6, 7]), 10001)
     assert np.array_equal(z[1:], item_normals(np.array([6, 7]), 10001))
+    # hashed in passes of a block of counters shared by the batch's items: 1365 and
+    # 2048 counters an item here, the rows the same
+    many = item_normals(np.array([5, 6, 7]), 5001, block=4096)
+    assert np.array_equal(many[1:], item_normals(np.array([6, 7]), 5001, block=4096))
+    assert np.array_equal(many, item_normals(np.array([5, 6, 7]), 5001))
     assert abs(z.mean()) < 0.03 and abs(z.std() - 1) < 0.03
     assert abs(np.corrcoef(z[0], z[1])[0, 1]) < 0.05
     s = item_seeds(0, np.arange(10))

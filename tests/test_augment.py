@@ -1,10 +1,12 @@
 import numpy as np
+import pytest
 import torch
 
 from affvae.transforms.augment import (
     OCTAHEDRAL,
     angle_to_matrix,
     euler_to_matrix,
+    missing_wedge,
     random_octahedral,
     resize_to_box,
     rotate,
@@ -116,3 +118,20 @@ def test_ctf_has_its_first_zero_where_the_formula_says_and_acts_on_a_batch():
     y = apply_ctf(x, voxel_size=5.0, defocus_um=2.0)
     assert y.shape == x.shape and not torch.allclose(x, y)
     assert torch.allclose(apply_ctf(x[1:2], 5.0, 2.0), y[1:2], atol=1e-5)  # per item, batch-independent
+
+
+@pytest.mark.parametrize("axis", ["y", "x"])
+def test_missing_wedge_removes_the_coefficients_outside_the_tilt_range(axis):
+    torch.manual_seed(4)
+    n, tilt = 12, 60.0
+    x = torch.randn(3, n, n, n, dtype=torch.float64)
+    # the wedge written directly in 3D: coefficient (kz, ky, kx) measured when
+    # |kz| <= tan(tilt) |k normal to z and to the tilt axis|
+    kz, ky, kx = torch.meshgrid(torch.fft.fftfreq(n), torch.fft.fftfreq(n), torch.fft.fftfreq(n), indexing="ij")
+    other = kx if axis == "y" else ky
+    measured = kz.abs() <= np.tan(np.radians(tilt)) * other.abs() + 1e-9
+    want = torch.fft.ifftn(torch.fft.fftn(x, dim=(1, 2, 3)) * measured, dim=(1, 2, 3)).real
+    got = missing_wedge(x, tilt, axis)
+    assert got.dtype == x.dtype and torch.allclose(got, want, atol=1e-12)
+    assert 0.2 < float((want - x).square().sum() / x.square().sum()) < 0.6  # a wedge removed
+    assert torch.allclose(missing_wedge(got, tilt, axis), got, atol=1e-12)  # a projection

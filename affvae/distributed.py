@@ -62,7 +62,10 @@ def _worker_loop(config: dict[str, Any]) -> None:
     if cfg.data.stream:
         from affvae.data.stream import stream_batches
 
-        batches = stream_batches(cfg, data, rank, world, engine="ray")
+        # the trainers that may share this node: this run's, times the runs at once (Tune)
+        trainers = ctx.get_local_world_size() * config.get("concurrent", 1)
+        engine = stream_engine(cfg.data.stream_engine, trainers, config.get("cpus_per_worker", 1.0))
+        batches = stream_batches(cfg, data, rank, world, engine=engine)
     try:
         train(cfg, data, config["affinity"], batches, report=report, checkpoint_dir=local,
               resume=restored is not None, device=ray.train.torch.get_device())
@@ -70,14 +73,34 @@ def _worker_loop(config: dict[str, Any]) -> None:
         shutil.rmtree(local, ignore_errors=True)
 
 
+def stream_engine(choice: str, trainers: int, cpus_per_worker: float = 1.0,
+                  cores: int | None = None) -> str:
+    """The engine ("ray" or "local") that renders a training worker's streamed items.
+
+    ``choice`` is ``data.stream_engine``; "auto" takes Ray Data when this node's cores
+    (``cores``, default the ones this process may run on) leave at least one to spare
+    for each of the ``trainers`` training workers that may run on it, beyond the CPUs
+    they hold; otherwise Ray Data's tasks would take the trainers' own cores.
+    """
+    if choice != "auto":
+        return choice
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    spare = cores - trainers * cpus_per_worker
+    return "ray" if spare >= trainers else "local"
+
+
 def make_trainer(cfg, data_ref, affinity, *, workers: int = 1, use_gpu: bool = False,
                  cpus_per_worker: float = 1.0, storage: str | os.PathLike, name: str,
-                 max_failures: int = 2, keep_checkpoints: int | None = None, callbacks=()):
+                 max_failures: int = 2, keep_checkpoints: int | None = None, callbacks=(),
+                 concurrent: int = 1):
     """A ``TorchTrainer`` that runs :func:`_worker_loop` on ``workers`` workers.
 
     ``data_ref`` is the dataset in Ray's object store (``ray.put``); ``storage``
     and ``name`` locate the run's checkpoints.  Re-fitting a trainer with the same
-    storage and name continues from the newest checkpoint there.
+    storage and name continues from the newest checkpoint there.  ``concurrent``:
+    how many such trainers may run at once (a Tune study's trials), for the choice
+    of :func:`stream_engine`.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -86,7 +109,8 @@ def make_trainer(cfg, data_ref, affinity, *, workers: int = 1, use_gpu: bool = F
         raise AffvaeError(f"--workers {workers}: expected at least 1")
     return TorchTrainer(
         _worker_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "data": data_ref, "affinity": affinity},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "data": data_ref, "affinity": affinity,
+                           "cpus_per_worker": cpus_per_worker, "concurrent": concurrent},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker,
                                                            **({"GPU": 1} if use_gpu else {})}),

@@ -180,7 +180,7 @@ def _trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
         cfg, ref, affinity, workers=int(settings.get("trial.workers", shared["workers"])),
         use_gpu=shared["use_gpu"], cpus_per_worker=shared["cpus_per_worker"],
         storage=shared["train_storage"], name=trial_id, max_failures=shared["max_failures"],
-        keep_checkpoints=2, callbacks=[TuneReportCallback()])
+        keep_checkpoints=2, callbacks=[TuneReportCallback()], concurrent=shared.get("concurrent_trials", 1))
     try:
         result = trainer.fit()
         error = result.error
@@ -392,13 +392,14 @@ def _make_tuner(spec: StudySpec, shared: dict[str, Any], tracker, base_cfg, stor
     import ray
     from ray import tune
 
+    per_trial = spec.cpus_per_worker * spec.workers
+    max_conc = spec.max_concurrent or max(1, int((ray.cluster_resources().get("CPU", 1) - 1) // per_trial))
+    shared = {**shared, "concurrent_trials": max_conc}  # trials whose workers may share a node's cores
     trainable = tune.with_resources(tune.with_parameters(_trial, shared=shared), {"cpu": TRIAL_DRIVER_CPU})
     exp_dir = f"{storage}/ray/{spec.name}"
     if resume and tune.Tuner.can_restore(exp_dir):
         return tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
-    per_trial = spec.cpus_per_worker * spec.workers
-    max_conc = spec.max_concurrent or max(1, int((ray.cluster_resources().get("CPU", 1) - 1) // per_trial))
     settings = {"workers": spec.workers, "use_gpu": spec.use_gpu}
     return tune.Tuner(
         trainable, param_space=spec.space,

@@ -9,7 +9,10 @@ four ways through affvae's own ``train`` and prints the training samples/s of ea
 * stream, 1 process      fresh items every epoch, rendered in a thread of the training
                          process (``data.stream: true``, the local engine);
 * memory, N workers      Ray Train, N DistributedDataParallel workers (``--workers N``);
-* stream, N workers      the same with the workers' items rendered by Ray Data tasks;
+* stream, N workers      the same with the workers' items rendered where
+                         ``data.stream_engine: auto`` puts them on this machine (in the
+                         workers when the trainers hold every core, else Ray Data tasks),
+                         and by Ray Data tasks when auto did not pick them;
 
 and the ratio stream / memory of each pair (target >= 0.75).  It also prints how many
 volumes per second the renderer makes alone, and the peak memory (RSS of the driver,
@@ -44,12 +47,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ITEMS = {"tetramino": 200, "proteins": 60}
 
 
-def config_for(name: str, epochs: int, stream: bool):
+def config_for(name: str, epochs: int, stream: bool, engine: str = "auto"):
     from affvae.config import load_config
 
     return load_config(ROOT / "configs" / f"{name}.yaml", overrides=[
         f"data.n_per_class={ITEMS.get(name, 100)}", f"train.epochs={epochs + 1}",
-        f"data.stream={'true' if stream else 'false'}"])
+        f"data.stream={'true' if stream else 'false'}", f"data.stream_engine={engine}"])
 
 
 def rate(history: list[dict]) -> float:
@@ -58,11 +61,12 @@ def rate(history: list[dict]) -> float:
     return sum(h["train_items"] for h in timed) / sum(h["train_seconds"] for h in timed)
 
 
-def train_rate(name: str, epochs: int, stream: bool, workers: int, data, affinity) -> float:
+def train_rate(name: str, epochs: int, stream: bool, workers: int, data, affinity,
+               engine: str = "auto") -> float:
     from affvae.data.stream import stream_batches
     from affvae.train import train
 
-    cfg = config_for(name, epochs, stream)
+    cfg = config_for(name, epochs, stream, engine)
     if workers > 1:
         from affvae.distributed import train_distributed
 
@@ -94,12 +98,19 @@ def compare(name: str, epochs: int, workers: list[int]) -> None:
     size = cfg.data.size
     print(f"{name} ({size}^{len(data.shape)}, batch {cfg.train.batch_size}, {len(data)} items; "
           f"renderer alone {render_rate(name):.0f} volumes/s):", flush=True)
+    from affvae.distributed import stream_engine
+
     for w in workers:
         memory = train_rate(name, epochs, False, w, data, affinity)
-        streamed = train_rate(name, epochs, True, w, data, affinity)
-        where = "1 process" if w == 1 else f"{w} Ray Train workers, Ray Data"
-        print(f"  {where:32s} memory {memory:7.1f} samples/s   stream {streamed:7.1f}   "
-              f"ratio {streamed / memory:5.2f} (target >= 0.75)", flush=True)
+        # with workers, the engine data.stream_engine "auto" picks here, then Ray Data if it did not
+        engines = ["local"] if w == 1 else list(dict.fromkeys([stream_engine("auto", w), "ray"]))
+        for engine in engines:
+            streamed = train_rate(name, epochs, True, w, data, affinity, engine)
+            where = "1 process" if w == 1 else (
+                f"{w} Ray Train workers, " + ("Ray Data" if engine == "ray" else "in-worker")
+                + (" (auto)" if engine == stream_engine("auto", w) else ""))
+            print(f"  {where:38s} memory {memory:7.1f} samples/s   stream {streamed:7.1f}   "
+                  f"ratio {streamed / memory:5.2f} (target >= 0.75)", flush=True)
         if w > 1:
             import ray
 

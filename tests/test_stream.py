@@ -118,7 +118,7 @@ def test_training_consumes_exactly_what_the_stream_serves_fresh_each_epoch():
 def test_two_workers_train_on_the_ray_data_stream(ray_cluster, tmp_path):
     from affvae.distributed import train_distributed
 
-    cfg = build_config(overrides=TETRA)
+    cfg = build_config(overrides=TETRA + ["data.stream_engine=ray"])  # auto would render in the workers here
     data = build_dataset(cfg)
     res = train_distributed(cfg, data, workers=2, storage=tmp_path / "ray")
     assert [h["epoch"] for h in res.history] == [1, 2]
@@ -126,6 +126,19 @@ def test_two_workers_train_on_the_ray_data_stream(ray_cluster, tmp_path):
     # items: 8 items an epoch in all (the in-memory split would train 12)
     assert len(res.splits.train) == 12
     assert [h["train_items"] for h in res.history] == [8, 8]
+
+
+def test_ray_data_renders_only_where_the_trainers_leave_cores_to_spare():
+    from affvae.distributed import stream_engine
+
+    # 2 cores, 2 trainers of 1 CPU: nothing to spare, so each renders its own batches
+    assert stream_engine("auto", trainers=2, cores=2) == "local"
+    assert stream_engine("auto", trainers=1, cores=2) == "ray"
+    assert stream_engine("auto", trainers=8, cores=64) == "ray"  # a GPU node with its CPUs
+    assert stream_engine("auto", trainers=4, cpus_per_worker=4, cores=16) == "local"
+    assert stream_engine("auto", trainers=2, cpus_per_worker=0.5, cores=3) == "ray"
+    assert stream_engine("ray", trainers=2, cores=2) == "ray"  # an explicit choice stands
+    assert stream_engine("local", trainers=1, cores=64) == "local"
 
 
 def test_training_streams_a_folder_of_files(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +54,11 @@ def plot_matrix(values: np.ndarray, labels, path, title: str = "", vmin=-1.0, vm
         ax.set_xlabel(xlabel)
     if ylabel:
         ax.set_ylabel(ylabel)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=colorbar_label)
-    if title:
-        ax.set_title(title)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=colorbar_label)
+    if title:  # above the colour bar too, which stands taller than a wide, short image
+        top = max(ax.get_position().y1, cbar.ax.get_position().y1)
+        fig.suptitle(textwrap.fill(title, max(30, int(fig.get_figwidth() * 9))), y=top + 0.02,
+                     va="bottom", fontsize="large")
     return save_figure(fig, path)
 
 

@@ -77,6 +77,36 @@ def read_volume(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
+def read_stack(files: Sequence[str | os.PathLike], shape: Sequence[int] | None = None,
+               reference: str | os.PathLike | None = None, progress: bool = False,
+               desc: str = "reading") -> np.ndarray:
+    """Read same-shaped volumes (or images) into one float32 array ``(len(files), *shape)``.
+
+    ``shape``: the shape every file must have (default: the first file's) and
+    ``reference`` the file it is the shape of, named with the first file of another
+    shape in the error.
+    """
+    from tqdm import tqdm
+
+    x: np.ndarray | None = None if shape is None else np.empty((len(files), *shape), np.float32)
+    first = None if reference is None else str(reference)
+    for i, f in enumerate(tqdm(files, desc=desc, unit="file", disable=None if progress else True)):
+        arr = read_volume(f)
+        if x is None:
+            x = np.empty((len(files),) + arr.shape, dtype=np.float32)
+        first = first or str(f)
+        if arr.shape != x.shape[1:]:
+            shown = Path(first).name if Path(first).parent == Path(f).parent else first
+            raise DataError(
+                f"{f}: shape {shape_str(arr.shape)} differs from "
+                f"{shape_str(x.shape[1:])} of {shown}, expected all items the same shape"
+            )
+        x[i] = arr
+    if x is None:
+        raise DataError("no files to read")
+    return x
+
+
 def _check_finite(arr: np.ndarray, path) -> None:
     finite = np.isfinite(arr)
     if not finite.all():

@@ -61,7 +61,7 @@ import numpy as np
 
 from affvae.affinity.matrix import AffinityMatrix, read_affinity_csv
 from affvae.errors import AffinityError, DataError, reason, warn
-from affvae.volumes import DATA_SUFFIXES, read_volume, shape_str
+from affvae.volumes import DATA_SUFFIXES, read_stack, read_volume, shape_str
 
 __all__ = [
     "DATA_SUFFIXES",
@@ -369,24 +369,7 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
 def read_items(files: Sequence[str | os.PathLike], size: int | None = None, progress: bool = False,
                desc: str = "reading") -> np.ndarray:
     """Read same-shaped volumes (or images) into one float32 array, optionally resized."""
-    from tqdm import tqdm
-
-    x: np.ndarray | None = None
-    first = ""
-    for i, f in enumerate(tqdm(files, desc=desc, unit="file", disable=None if progress else True)):
-        arr = read_volume(f)
-        if x is None:
-            x = np.empty((len(files),) + arr.shape, dtype=np.float32)
-            first = str(f)
-        elif arr.shape != x.shape[1:]:
-            shown = Path(first).name if Path(first).parent == Path(f).parent else first
-            raise DataError(
-                f"{f}: shape {shape_str(arr.shape)} differs from "
-                f"{shape_str(x.shape[1:])} of {shown}, expected all items the same shape"
-            )
-        x[i] = arr
-    if x is None:
-        raise DataError("no files to read")
+    x = read_stack(files, progress=progress, desc=desc)
     return _resize(x, int(size)) if size is not None else x
 
 

@@ -17,9 +17,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from affvae.errors import DataError
 from affvae.transforms.imaging import Imaging
-from affvae.volumes import read_volume, shape_str
+from affvae.volumes import read_stack
 
 
 class LazyItems:
@@ -79,13 +78,7 @@ class LazyItems:
 
         if len(idx) == 0:
             return np.zeros((0, *self.item_shape), np.float32)
-        x = np.empty((len(idx), *self.file_shape), np.float32)
-        for k, i in enumerate(idx):  # one file per item: reading is the per-item work
-            arr = read_volume(self.files[i])
-            if arr.shape != self.file_shape:
-                raise DataError(f"{self.files[i]}: shape {shape_str(arr.shape)} differs from "
-                                f"{shape_str(self.file_shape)} of {self.files[0]}, expected all items the same shape")
-            x[k] = arr
+        x = read_stack([self.files[i] for i in idx], self.file_shape, reference=self.files[0])
         if self.size is not None:
             x = np.asarray(resize_to_box(x, self.size), dtype=np.float32)
         if self.imaging is not None:

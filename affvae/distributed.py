@@ -63,8 +63,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
         from affvae.data.stream import stream_batches
 
         # the trainers that may share this node: this run's, times the runs at once (Tune)
-        trainers = ctx.get_local_world_size() * config.get("concurrent", 1)
-        engine = stream_engine(cfg.data.stream_engine, trainers, config.get("cpus_per_worker", 1.0))
+        trainers = ctx.get_local_world_size() * config["concurrent"]
+        engine = stream_engine(cfg.data.stream_engine, trainers, config["cpus_per_worker"])
         batches = stream_batches(cfg, data, rank, world, engine=engine)
     try:
         train(cfg, data, config["affinity"], batches, report=report, checkpoint_dir=local,

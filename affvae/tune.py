@@ -180,7 +180,7 @@ def _trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
         cfg, ref, affinity, workers=int(settings.get("trial.workers", shared["workers"])),
         use_gpu=shared["use_gpu"], cpus_per_worker=shared["cpus_per_worker"],
         storage=shared["train_storage"], name=trial_id, max_failures=shared["max_failures"],
-        keep_checkpoints=2, callbacks=[TuneReportCallback()], concurrent=shared.get("concurrent_trials", 1))
+        keep_checkpoints=2, callbacks=[TuneReportCallback()], concurrent=shared["concurrent_trials"])
     try:
         result = trainer.fit()
         error = result.error

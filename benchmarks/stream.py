@@ -103,12 +103,12 @@ def compare(name: str, epochs: int, workers: list[int]) -> None:
     for w in workers:
         memory = train_rate(name, epochs, False, w, data, affinity)
         # with workers, the engine data.stream_engine "auto" picks here, then Ray Data if it did not
-        engines = ["local"] if w == 1 else list(dict.fromkeys([stream_engine("auto", w), "ray"]))
-        for engine in engines:
+        auto = stream_engine("auto", w)
+        for engine in ["local"] if w == 1 else list(dict.fromkeys([auto, "ray"])):
             streamed = train_rate(name, epochs, True, w, data, affinity, engine)
             where = "1 process" if w == 1 else (
                 f"{w} Ray Train workers, " + ("Ray Data" if engine == "ray" else "in-worker")
-                + (" (auto)" if engine == stream_engine("auto", w) else ""))
+                + (" (auto)" if engine == auto else ""))
             print(f"  {where:38s} memory {memory:7.1f} samples/s   stream {streamed:7.1f}   "
                   f"ratio {streamed / memory:5.2f} (target >= 0.75)", flush=True)
         if w > 1:

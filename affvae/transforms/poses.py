@@ -53,8 +53,9 @@ def item_normals(seeds: np.ndarray, n: int, block: int = 1 << 17):
     torch's wrapping int64 arithmetic, which has uint64's bits), then Box-Muller.  So an
     item's noise is the same whatever batch it is imaged in and wherever.  The hash runs
     in place over ``block`` counters in all, shared among the items, at a time
-    (cache-sized passes: 37 against 47 ms for 32 items of 64^3 when each item had 2^16
-    counters a pass; as fast as ``torch.randn``, eight times numpy's uint64 version).
+    (cache-sized passes: 56-58 against 95-99 ms for 32 items of 64^3, alternated, when
+    each item had 2^16 counters a pass; as fast as ``torch.randn``, eight times numpy's
+    uint64 version).
     """
     import torch
 

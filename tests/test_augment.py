@@ -135,3 +135,30 @@ def test_missing_wedge_removes_the_coefficients_outside_the_tilt_range(axis):
     assert got.dtype == x.dtype and torch.allclose(got, want, atol=1e-12)
     assert 0.2 < float((want - x).square().sum() / x.square().sum()) < 0.6  # a wedge removed
     assert torch.allclose(missing_wedge(got, tilt, axis), got, atol=1e-12)  # a projection
+
+
+def test_row_variance_is_exact_near_zero_and_far_from_it():
+    from affvae.transforms.augment import row_var_mean
+
+    torch.manual_seed(0)
+    rows = torch.randn(5, 40_000) * torch.tensor([[1.0], [3.0], [0.01], [2.0], [5.0]])
+    rows += torch.tensor([[0.0], [1.0], [4.0], [1e4], [-300.0]])  # the last three far from zero
+    var, mean = row_var_mean(rows)
+    want = rows.double().var(1, unbiased=False)
+    assert torch.allclose(mean.double(), rows.double().mean(1), rtol=1e-6)
+    assert torch.allclose(var.double(), want, rtol=1e-4), (var, want)
+    assert float(row_var_mean(torch.full((1, 10), 7.0))[0]) == 0.0  # a constant row: 0, not below
+
+
+def test_noise_is_added_in_place_when_asked_at_the_signal_to_noise_ratio():
+    from affvae.transforms.augment import add_noise
+
+    torch.manual_seed(1)
+    x, noise = torch.randn(3, 8, 8, 8) * 2, torch.randn(3, 8, 8, 8)
+    new = add_noise(x, 4.0, noise=noise)
+    assert not torch.equal(new, x)
+    # noise sd = signal sd / sqrt(snr), per item
+    sd = x.flatten(1).var(1, unbiased=False).div(4.0).sqrt()
+    assert torch.allclose((new - x).flatten(1).std(1) / noise.flatten(1).std(1), sd, rtol=1e-4)
+    same = add_noise(x, 4.0, noise=noise, inplace=True)
+    assert same is x and torch.allclose(same, new, atol=1e-6)

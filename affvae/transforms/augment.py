@@ -80,7 +80,10 @@ def _rotate_planes(v: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     z slice rotated in its (x, y) plane), then by b about y (every y slice in its (z, x)
     plane), then by a about z.  Each step is one bilinear ``grid_sample`` over the
     batch with the slices as channels, sharing one sampling grid per item: 2D kernels,
-    which are vectorised on CPUs where the 3D one is not.
+    which are vectorised on CPUs where the 3D one is not.  The y step samples a
+    transposed view of its input and gives one back, with no copies (``grid_sample``
+    reads strided slices as fast as contiguous ones: 55 against 70 ms for 32 volumes
+    of 64^3 with the two transposing copies, alternated).
     """
     with warnings.catch_warnings():  # at tilt 0 or 180 only a + c is defined, which suffices
         warnings.simplefilter("ignore", UserWarning)
@@ -98,10 +101,10 @@ def _rotate_slices(v: torch.Tensor, angle: torch.Tensor, about: str) -> torch.Te
     # output (x, y) -> input R^T (x, y) in each z slice; output (x, z) -> input in each y slice
     s = sin if about == "z" else -sin
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, s, -s, cos
-    u = v if about == "z" else v.transpose(1, 2)  # the slices as channels
+    u = v if about == "z" else v.transpose(1, 2)  # the slices as channels (a view)
     grid = F.affine_grid(theta, (len(v), 1, u.shape[2], u.shape[3]), align_corners=False)
-    out = F.grid_sample(u.contiguous(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out if about == "z" else out.transpose(1, 2)  # the next step's slices make it contiguous
+    out = F.grid_sample(u, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out if about == "z" else out.transpose(1, 2)
 
 
 def plane_prefilter(x, interpolations: float = 2.0, max_gain: float = 3.0):
@@ -208,20 +211,34 @@ def random_octahedral(x: torch.Tensor, generator: torch.Generator | None = None)
 
 
 def row_var_mean(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row population variance and mean of a (N, V) tensor: two vectorised passes
-    (``torch.var_mean``'s one-pass kernel is slower on a CPU)."""
+    """Per-row population variance and mean of a (N, V) tensor.
+
+    Two reductions that read the rows in place, mean and sum of squares, with var =
+    E[x^2] - mean^2: 1.7 against 4.5 ms for 32 rows of 64^3 by the centred two-pass
+    form, whose temporary costs more than its arithmetic (``torch.var_mean`` takes
+    30 ms).  The shortcut loses about 2e-6 x E[x^2] / var of the variance in float32,
+    so rows whose mean is large beside their spread (E[x^2] > 30 var) are redone
+    centred, to about 1e-6 whatever the offset.
+    """
+    n = flat.shape[1]
     mean = flat.mean(1)
-    return torch.linalg.vector_norm(flat - mean[:, None], dim=1).square_().div_(flat.shape[1]), mean
+    square = torch.linalg.vector_norm(flat, dim=1).square_().div_(n)
+    var = square - mean * mean
+    far = (square > 30 * var).nonzero().squeeze(1)
+    if len(far):
+        centred = flat.index_select(0, far) - mean[far, None]
+        var[far] = torch.linalg.vector_norm(centred, dim=1).square_().div_(n)
+    return var.clamp_min_(0.0), mean
 
 
 def add_noise(x: torch.Tensor, snr: float, generator: torch.Generator | None = None,
-              noise: torch.Tensor | None = None) -> torch.Tensor:
+              noise: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
     """Add white Gaussian noise at a signal-to-noise ratio (variance ratio) per item.
 
     The noise variance of each item is its own signal variance divided by ``snr``, as
     in cryo-ET simulation studies: SNR 1 means noise as strong as the signal.
     ``noise`` (standard normal, the shape of ``x``) is drawn from ``generator`` if
-    not given.
+    not given.  ``inplace`` adds it to ``x`` itself (no new batch-sized tensor).
     """
     if snr <= 0:
         raise ValueError(f"snr {snr}: expected a positive ratio")
@@ -229,7 +246,8 @@ def add_noise(x: torch.Tensor, snr: float, generator: torch.Generator | None = N
     shape = (-1,) + (1,) * (x.dim() - 1)
     if noise is None:
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return torch.addcmul(x, noise, (var / snr).sqrt().view(shape))
+    scale = (var / snr).sqrt().view(shape)
+    return x.addcmul_(noise, scale) if inplace else torch.addcmul(x, noise, scale)
 
 
 def wedge_mask(size: int, tilt_max: float = 60.0, axis: str = "y") -> torch.Tensor:
@@ -252,16 +270,28 @@ def wedge_mask(size: int, tilt_max: float = 60.0, axis: str = "y") -> torch.Tens
     return measured
 
 
+def wedge_transfer(shape: tuple[int, ...], tilt_max: float = 60.0, axis: str = "y") -> torch.Tensor:
+    """:func:`wedge_mask` for items of ``shape``, which must be cubic volumes."""
+    if len(shape) != 3:
+        raise ValueError(f"a missing wedge needs volumes (N, D, H, W), got items of shape {tuple(shape)}")
+    if len(set(shape)) != 1:
+        raise ValueError(f"a missing wedge needs cubic volumes, got {tuple(shape)}")
+    return wedge_mask(shape[-1], tilt_max, axis)
+
+
 def missing_wedge(x: torch.Tensor, tilt_max: float = 60.0, axis: str = "y") -> torch.Tensor:
     """Remove the Fourier coefficients a +-tilt_max tilt series does not measure (batched FFT)."""
-    if x.dim() != 4:
-        raise ValueError("missing_wedge needs volumes (N, D, H, W)")
-    size = x.shape[-1]
-    if not (x.shape[1] == x.shape[2] == size):
-        raise ValueError(f"missing_wedge needs cubic volumes, got {tuple(x.shape[1:])}")
-    F_ = torch.fft.rfftn(x, dim=(1, 2, 3))
-    F_ = F_ * wedge_mask(size, tilt_max, axis).to(x.device)
-    return torch.fft.irfftn(F_, s=x.shape[1:], dim=(1, 2, 3)).to(x.dtype)
+    return fourier_filter(x, wedge_transfer(tuple(x.shape[1:]), tilt_max, axis))
+
+
+def fourier_filter(x: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:
+    """Multiply each item's spectrum by ``transfer`` (on the rfft grid of one item): one
+    batched real FFT there and back, so linear effects applied together (a CTF and a
+    wedge, as their product) cost one pair of transforms."""
+    dims = tuple(range(1, x.dim()))
+    spectrum = torch.fft.rfftn(x, dim=dims)
+    spectrum.mul_(transfer.to(device=x.device, dtype=torch.float32))
+    return torch.fft.irfftn(spectrum, s=x.shape[1:], dim=dims).to(x.dtype)
 
 
 def electron_wavelength(voltage_kv: float) -> float:
@@ -287,17 +317,20 @@ def ctf_radial(k: np.ndarray | torch.Tensor, defocus_um: float, voltage_kv: floa
     return -(np.sqrt(1 - a * a) * sin(chi) + a * cos(chi))
 
 
+def ctf_transfer(shape: tuple[int, ...], voxel_size: float, defocus_um: float, voltage_kv: float = 300.0,
+                 cs_mm: float = 2.7, amplitude_contrast: float = 0.07) -> torch.Tensor:
+    """The isotropic CTF on the rfft grid of one item of ``shape`` (float32)."""
+    freqs = [torch.fft.fftfreq(n, d=voxel_size, dtype=torch.float64) for n in shape[:-1]]
+    freqs.append(torch.fft.rfftfreq(shape[-1], d=voxel_size, dtype=torch.float64))
+    mesh = torch.meshgrid(*freqs, indexing="ij")
+    k = torch.sqrt(sum(m * m for m in mesh))
+    return ctf_radial(k, defocus_um, voltage_kv, cs_mm, amplitude_contrast).to(torch.float32)
+
+
 def apply_ctf(x: torch.Tensor, voxel_size: float, defocus_um: float, voltage_kv: float = 300.0,
               cs_mm: float = 2.7, amplitude_contrast: float = 0.07) -> torch.Tensor:
     """Multiply each volume's (or image's) Fourier transform by the isotropic CTF (batched FFT)."""
-    nd = x.dim() - 1
-    if nd not in (2, 3):
+    if x.dim() - 1 not in (2, 3):
         raise ValueError(f"apply_ctf expects (N,H,W) or (N,D,H,W), got shape {tuple(x.shape)}")
-    dims = tuple(range(1, nd + 1))
-    freqs = [torch.fft.fftfreq(n, d=voxel_size, dtype=torch.float64) for n in x.shape[1:-1]]
-    freqs.append(torch.fft.rfftfreq(x.shape[-1], d=voxel_size, dtype=torch.float64))
-    mesh = torch.meshgrid(*freqs, indexing="ij")
-    k = torch.sqrt(sum(m * m for m in mesh))
-    ctf = ctf_radial(k, defocus_um, voltage_kv, cs_mm, amplitude_contrast).to(torch.float32)
-    F_ = torch.fft.rfftn(x, dim=dims) * ctf.to(x.device)
-    return torch.fft.irfftn(F_, s=x.shape[1:], dim=dims).to(x.dtype)
+    return fourier_filter(x, ctf_transfer(tuple(x.shape[1:]), voxel_size, defocus_um, voltage_kv,
+                                          cs_mm, amplitude_contrast))

@@ -109,14 +109,19 @@ def _effects(x, im: Imaging, seeds, chunk: int):
 
 
 def _effects_chunk(t, im: Imaging, seeds):
-    from affvae.transforms.augment import add_noise, apply_ctf, missing_wedge
+    from affvae.transforms.augment import add_noise, ctf_transfer, fourier_filter, wedge_transfer
     from affvae.transforms.poses import item_normals
 
+    shape = tuple(t.shape[1:])
+    transfer = None  # CTF and wedge are both linear: their product, in one pair of FFTs
     if im.ctf_defocus is not None:
-        t = apply_ctf(t, im.voxel_size, im.ctf_defocus)
+        transfer = ctf_transfer(shape, im.voxel_size, im.ctf_defocus)
     if im.wedge is not None:
-        t = missing_wedge(t, im.wedge)
+        wedge = wedge_transfer(shape, im.wedge)
+        transfer = wedge if transfer is None else transfer * wedge
+    if transfer is not None:
+        t = fourier_filter(t, transfer)
     if im.snr is not None:
         noise = item_normals(seeds, int(np.prod(t.shape[1:]))).to(t.device)
-        t = add_noise(t, im.snr, noise=noise.view(t.shape))
+        t = add_noise(t, im.snr, noise=noise.view(t.shape), inplace=True)
     return t

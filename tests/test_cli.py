@@ -290,6 +290,26 @@ def test_evaluate_of_the_run_on_its_folder_recomputes_the_same_predictions(run_o
     assert f"evaluated 24 items; seen-class accuracy {direct:.3f}; results in {out}" in capsys.readouterr().out
 
 
+def test_a_lazy_evaluate_reads_in_batches_and_predicts_as_the_whole_read(run_ok, base, tmp_path, monkeypatch):
+    import csv
+
+    from affvae.data import lazy
+
+    reads = []
+    real = lazy.read_stack
+    monkeypatch.setattr(lazy, "read_stack", lambda files, *a, **k: reads.append(len(files)) or real(files, *a, **k))
+    whole, part = tmp_path / "whole", tmp_path / "lazy"
+    assert main(["evaluate", str(run_ok), str(base), "--no-figures", "--out", str(whole)]) == 0
+    assert reads == []  # the whole folder was read at once, not by LazyItems
+    assert main(["evaluate", str(run_ok), str(base), "--no-figures", "--lazy", "--out", str(part)]) == 0
+    assert reads == [24]  # LazyItems read each file once, in one encoding batch (of up to 256)
+    a, b = (list(csv.DictReader((d / "predictions.csv").open())) for d in (whole, part))
+    assert [r["predicted"] for r in a] == [r["predicted"] for r in b]
+    assert [float(r["distance"]) for r in a] == pytest.approx([float(r["distance"]) for r in b], rel=1e-5)
+    assert json.loads((whole / "metrics.json").read_text())["accuracy"] == \
+        json.loads((part / "metrics.json").read_text())["accuracy"]
+
+
 def test_octahedral_augmentation_of_2d_items_is_refused_in_one_line(tmp_path, capsys):
     d = tmp_path / "glyphs"
     assert main(["simulate", "alphanumeric", "--out", str(d), "-n", "4", "--glyphs", "ab", "--size", "16"]) == 0

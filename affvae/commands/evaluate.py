@@ -9,7 +9,9 @@ folder beside --out and swapped in whole at the end, so an interrupted evaluatio
 leaves the previous one untouched; --out must therefore be new, empty or an
 earlier evaluation, never the run's own folder.  Items of another shape are
 resized to the run's box, with a warning unless the run's training files had
-their shape (data.size resized those alike).
+their shape (data.size resized those alike).  With --lazy (the default for a run
+trained with data.stream) the files are read in batches as they are encoded, so
+a folder larger than memory can be evaluated; the figures read them once more.
 
   affvae evaluate runs/tetra data/new_tetraminos
 """
@@ -25,6 +27,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder (default RUN/eval_<data folder name>); new, empty or an "
                                  "earlier evaluation, which is replaced whole")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--lazy", action="store_true",
+                   help="read the files in batches as they are encoded, never all at once (the default "
+                        "when the run was trained with data.stream)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -36,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
     from affvae.errors import DataError, warn
     from affvae.provenance import atomic_dir
     from affvae.runs import check_eval_out, evaluate_items, load_run, read_embeddings
-    from affvae.transforms.imaging import normalise
+    from affvae.transforms.imaging import Imaging, normalise
 
     run, data_dir = Path(args.run), Path(args.data)
     out = check_eval_out(Path(args.out) if args.out else run / f"eval_{data_dir.resolve().name}", run)
@@ -47,7 +52,8 @@ def main(args: argparse.Namespace) -> int:
         raise DataError(f"{run / 'embeddings.parquet'}: {len(mu_cols)} mu_* columns, but the model has "
                         f"{model.latent_dims} latent dimensions")
     shape = tuple(info["shape"])
-    ds = load_folder(data_dir, affinity=False, progress=True)
+    lazy = args.lazy or cfg.data.stream
+    ds = load_folder(data_dir, affinity=False, progress=not lazy, lazy=lazy)
     if ds.ndim != len(shape):
         raise DataError(f"{data_dir}: {ds.ndim}D items, but the run was trained on {len(shape)}D")
     if ds.shape != shape:
@@ -61,8 +67,8 @@ def main(args: argparse.Namespace) -> int:
                       if isinstance(files, list) and files != list(shape) else "")
             warn(f"{data_dir}: items of {have}, but the run was trained on {want}{origin}: resizing them "
                  f"to {want}")
-        ds = load_folder(data_dir, affinity=False, size=shape[0])
-    x = normalise(ds.x, cfg.data.normalise)
+        ds = load_folder(data_dir, affinity=False, size=shape[0], lazy=lazy)
+    x = ds.x.imaged(Imaging(normalise=cfg.data.normalise), None) if lazy else normalise(ds.x, cfg.data.normalise)
     train_rows = emb[emb["split"] == "train"]
     # written into a hidden folder beside --out and swapped in whole: an interrupted or
     # failed evaluation leaves the previous one as it was

@@ -67,8 +67,8 @@ class LazyItems:
         return LazyItems([self.files[i] for i in idx], self.item_shape, self.size, self.imaging,
                          None if self.seeds is None else self.seeds[idx], self.file_shape)
 
-    def imaged(self, imaging: Imaging, seeds: np.ndarray) -> "LazyItems":
-        """The same files, imaged with ``imaging`` and each item's seed when read."""
+    def imaged(self, imaging: Imaging, seeds: np.ndarray | None = None) -> "LazyItems":
+        """The same files, imaged with ``imaging`` and each item's seed (needed for noise) when read."""
         return LazyItems(self.files, self.item_shape, self.size, imaging, seeds, self.file_shape)
 
     # -- reading -------------------------------------------------------------------

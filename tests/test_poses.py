@@ -38,25 +38,29 @@ def test_grid_rotations_are_multiples_of_ten_degrees():
 
 
 def test_item_noise_is_splitmix64_and_box_muller():
-    # the torch int64 hash has the bits of the uint64 SplitMix64 of each counter
+    # the torch int64 hash has the bits of the uint64 SplitMix64 of each counter; each
+    # tile of 512 hashes is 1,024 little-endian 32-bit words, the first 512 giving u1,
+    # the rest u2, from their low 23 bits
     from affvae.transforms.poses import splitmix64
 
-    seeds = np.array([3, 2**40 + 17, 2**62 - 5])
+    seeds, n = np.array([3, 2**40 + 17, 2**62 - 5]), 1500  # two tiles, the second partly used
+    pairs = 1024
     with np.errstate(over="ignore"):
         h = splitmix64(seeds.astype(np.uint64)[:, None] * np.uint64(0xD1B54A32D192ED03)
-                       + np.arange(4, dtype=np.uint64)[None])
-    u1 = ((h >> np.uint64(40)).astype(np.float64) + 1) / 2**24
-    u2 = (h & np.uint64(0xFFFFFF)).astype(np.float64) / 2**24
+                       + np.arange(pairs, dtype=np.uint64)[None])
+    words = np.stack([h & np.uint64(0xFFFFFFFF), h >> np.uint64(32)], -1).reshape(3, 2, 1024)
+    mantissa = (words & np.uint64(0x7FFFFF)).astype(np.float64) / 2**23
+    u1, u2 = 1 - mantissa[..., :512].reshape(3, -1), mantissa[..., 512:].reshape(3, -1)
     r = np.sqrt(-2 * np.log(u1))
-    want = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)], 1)
-    assert np.allclose(item_normals(seeds, 8).numpy(), want, atol=1e-5)
+    want = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)], 1)[:, :n]
+    assert np.allclose(item_normals(seeds, n).numpy(), want, atol=1e-5)
 
 
 def test_item_noise_and_seeds_depend_on_the_item_not_the_batch():
     z = item_normals(np.array([5, 6, 7]), 10001)
     assert np.array_equal(z[1:], item_normals(np.array([6, 7]), 10001))
-    # hashed in passes of a block of counters shared by the batch's items: 1365 and
-    # 2048 counters an item here, the rows the same
+    # hashed in passes of a block of counters shared by the batch's items: 1024 and
+    # 2048 counters an item here (whole tiles of 512), the rows the same
     many = item_normals(np.array([5, 6, 7]), 5001, block=4096)
     assert np.array_equal(many[1:], item_normals(np.array([6, 7]), 5001, block=4096))
     assert np.array_equal(many, item_normals(np.array([5, 6, 7]), 5001))

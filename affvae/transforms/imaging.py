@@ -12,7 +12,8 @@ folders ``affvae simulate`` writes, the stream and the evaluation alike:
    so an item gets the same noise in whatever batch and process it is imaged;
 5. per-item intensity **normalisation** (``minmax`` to [0, 1], ``standard`` z-scores, ``none``).
 
-:func:`image` does 2-5 on a batch (batched FFTs, one noise draw per chunk).
+:func:`image` does 2-5 on a batch: the CTF and the wedge, both linear, as one product
+filter in one pair of batched FFTs; one noise draw per chunk.
 """
 
 from __future__ import annotations

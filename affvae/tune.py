@@ -153,6 +153,17 @@ def data_key(cfg) -> str:
     return json.dumps({"data": cfg.data.model_dump(mode="json"), "seed": cfg.seed}, sort_keys=True)
 
 
+def trial_affinity(cfg, data, shared: dict[str, Any]):
+    """A trial's affinity matrix: the study's for its dataset when the driver computed
+    it (once for all the trials that share the dataset), else computed here."""
+    from affvae.data.sources import resolve_affinity
+
+    if cfg.loss.gamma == 0:
+        return None
+    matrix = shared.get("affinity", {}).get(data_key(cfg))
+    return matrix if matrix is not None else resolve_affinity(cfg, data)
+
+
 def trial_label(config: dict[str, Any]) -> str:
     _, _, shown = split_trial_config(config)
     return ",".join(f"{k.split('.')[-1]}={v}" for k, v in shown.items()) or "trial"
@@ -165,7 +176,7 @@ def _trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from affvae.data.sources import build_dataset, resolve_affinity
+    from affvae.data.sources import build_dataset
     from affvae.distributed import make_trainer
 
     cfg = trial_config(shared["base"], config)
@@ -174,7 +185,7 @@ def _trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
     data = ray.get(ref) if ref is not None else build_dataset(cfg)
     if ref is None:
         ref = ray.put(data)
-    affinity = resolve_affinity(cfg, data)
+    affinity = trial_affinity(cfg, data, shared)
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = make_trainer(
         cfg, ref, affinity, workers=int(settings.get("trial.workers", shared["workers"])),
@@ -247,9 +258,11 @@ def _make_callback(tracker, base, settings):
 
 # -- after the search: evaluate every trial's newest checkpoint -------------------------------
 def evaluate_trial(base: dict[str, Any], config: dict[str, Any], checkpoint_path: str, out_dir: str,
-                   data=None) -> dict[str, Any]:
-    """Write a trial's run folder from its newest checkpoint; returns its metrics."""
-    from affvae.data.sources import build_dataset, resolve_affinity
+                   data=None, shared: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a trial's run folder from its newest checkpoint; returns its metrics.
+
+    ``shared``: the study's shared objects (its affinity matrices), if any."""
+    from affvae.data.sources import build_dataset
     from affvae.distributed import read_checkpoint, result_from_state
     from affvae.runs import save_run
 
@@ -259,7 +272,7 @@ def evaluate_trial(base: dict[str, Any], config: dict[str, Any], checkpoint_path
     state = read_checkpoint(checkpoint_path)
     history = list(state["history"])
     seconds = float(sum(h.get("epoch_seconds", 0.0) for h in history))
-    result = result_from_state(cfg, data, state, resolve_affinity(cfg, data), seconds=seconds)
+    result = result_from_state(cfg, data, state, trial_affinity(cfg, data, shared or {}), seconds=seconds)
     metrics = save_run(result, data, out_dir)  # also writes embedding_2d.parquet (with figures)
     if history:
         rates = [h["samples_per_second"] for h in history[1:] or history if "samples_per_second" in h]
@@ -341,7 +354,8 @@ def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, resume: bool = F
     ensure_ray(address, num_cpus=None if (address or os.environ.get("RAY_ADDRESS")) else
                (os.cpu_count() or 1) + 1)
     data = build_dataset(base_cfg, progress=progress)
-    shared = {"base": spec.base, "data": {data_key(base_cfg): ray.put(data)}, "workers": spec.workers,
+    shared = {"base": spec.base, "data": {data_key(base_cfg): ray.put(data)},
+              "affinity": _study_affinity(spec, base_cfg, data, progress), "workers": spec.workers,
               "use_gpu": spec.use_gpu, "cpus_per_worker": spec.cpus_per_worker,
               "max_failures": spec.max_failures, "train_storage": f"{storage}/train",
               "storage": storage}
@@ -350,6 +364,17 @@ def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, resume: bool = F
     _write_state(study_dir, {**state, "status": "finished", "trials": len(trials),
                              "seconds": time.perf_counter() - t0})
     return StudyResult(study_dir, state["tracking_uri"], trials, time.perf_counter() - t0, state["ui_link"])
+
+
+def _study_affinity(spec: StudySpec, base_cfg, data, progress: bool = False) -> dict[str, Any]:
+    """The affinity matrix of the study's dataset, computed once here for every trial that
+    trains on it (trials that search the data config compute their own), when a trial
+    may use one: a bad matrix then stops the study before any trial starts."""
+    from affvae.data.sources import data_affinity
+
+    if base_cfg.loss.gamma == 0 and "loss.gamma" not in spec.space:
+        return {}
+    return {data_key(base_cfg): data_affinity(base_cfg, data, progress)}
 
 
 def _write_state(study_dir: Path, state: dict[str, Any]) -> None:
@@ -484,7 +509,8 @@ def _evaluate_trials(spec: StudySpec, rows: list[dict[str, Any]], tracker, share
     for row in rows:
         ref = shared["data"].get(data_key(trial_config(spec.base, row["config"])))
         checkpoint = storage_path(shared["storage"], row["checkpoint"])
-        pending[remote_eval.remote(spec.base, row["config"], checkpoint, row["run_dir"], ref)] = row
+        pending[remote_eval.remote(spec.base, row["config"], checkpoint, row["run_dir"], ref,
+                                   {"affinity": shared.get("affinity", {})})] = row
     with tqdm(total=len(pending), desc="evaluate trials", unit="trial",
               disable=None if progress and pending else True) as bar:
         while pending:
@@ -508,11 +534,11 @@ def storage_path(storage: str, path: str) -> str:
     return path if not scheme or "://" in path else scheme + path.lstrip("/")
 
 
-def _evaluate_remote(base, config, checkpoint, out, data):
+def _evaluate_remote(base, config, checkpoint, out, data, shared):
     import torch
 
     torch.set_num_threads(1)
-    return evaluate_trial(base, config, checkpoint, out, data)
+    return evaluate_trial(base, config, checkpoint, out, data, shared)
 
 
 def _safe(name: str) -> str:

@@ -128,3 +128,28 @@ def test_a_trials_figures_and_latent_map_page_are_logged_to_its_run(tmp_path):
     _log_trial(tracker, row, {"accuracy": 0.5})
     assert {a.path for a in tracker.client.list_artifacts(rid, "figures")} == {
         "figures/embedding.png", "figures/confusion.png", "figures/latent_map.html"}
+
+
+def test_the_study_computes_its_datasets_affinity_once_for_the_trials_that_share_it(monkeypatch):
+    from affvae.config import build_config
+    from affvae.data import sources
+    from affvae.tune import _study_affinity, trial_affinity
+
+    base = {"data": {"source": "alphanumeric", "size": 16, "glyphs": "abc", "n_per_class": 2},
+            "loss": {"gamma": 0.0}}
+    cfg = build_config(base)
+    data = sources.build_dataset(cfg)
+    assert _study_affinity(StudySpec("s", base, {"loss.beta": [1, 2]}), cfg, data) == {}  # no trial uses one
+    shared = {"affinity": _study_affinity(StudySpec("s", base, {"loss.gamma": [0, 2]}), cfg, data)}
+    (matrix,) = shared["affinity"].values()
+    assert matrix.classes == ("a", "b", "c")
+    computed = []
+    real = sources._affinity_of
+    monkeypatch.setattr(sources, "_affinity_of", lambda *a, **k: computed.append(1) or real(*a, **k))
+    trial = trial_config(base, {"loss.gamma": 2.0})
+    assert trial_affinity(trial, data, shared) is matrix and computed == []
+    assert trial_affinity(trial_config(base, {"loss.gamma": 0.0}), data, shared) is None
+    # a trial on other data (here another metric) computes its own
+    other = trial_config(base, {"loss.gamma": 2.0, "data.affinity_metric": "mean-diff"})
+    mine = trial_affinity(other, data, shared)
+    assert computed == [1] and not np.allclose(mine.values, matrix.values)

@@ -112,15 +112,19 @@ def _simulated_dataset(cfg) -> Dataset:
 
 
 def resolve_affinity(cfg, ds: Dataset) -> AffinityMatrix | None:
-    """The matrix over the training classes: given CSV, the folder's, or computed; its
+    """The matrix training uses: None when ``loss.gamma`` is 0, else :func:`data_affinity`."""
+    return None if cfg.loss.gamma == 0 else data_affinity(cfg, ds)
+
+
+def data_affinity(cfg, ds: Dataset, progress: bool = False) -> AffinityMatrix:
+    """The matrix over the training classes that the data config gives, whatever gamma:
+    given CSV, the folder's, or computed (``progress``: a bar while it is); its
     off-diagonal stretched to ``data.affinity_range`` when that is set."""
-    if cfg.loss.gamma == 0:
-        return None
-    matrix = _affinity_of(cfg, ds)
+    matrix = _affinity_of(cfg, ds, progress)
     return matrix.stretched(*cfg.data.affinity_range) if cfg.data.affinity_range else matrix
 
 
-def _affinity_of(cfg, ds: Dataset) -> AffinityMatrix:
+def _affinity_of(cfg, ds: Dataset, progress: bool = False) -> AffinityMatrix:
     if ds.affinity is not None:  # the folder's, or data.affinity read (and warned about) once with it
         return ds.affinity.subset(ds.classes)
     if cfg.data.affinity:
@@ -143,7 +147,7 @@ def _affinity_of(cfg, ds: Dataset) -> AffinityMatrix:
         reps.append(ds.x[idx[k]])
         sources.append(_item_name(ds, idx[k]))
     return compute_matrix(ds.classes, np.stack(reps), metric, align=cfg.data.affinity_align,
-                          sources=sources)
+                          sources=sources, progress=progress)
 
 
 def _item_name(ds: Dataset, i: int) -> str:

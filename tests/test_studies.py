@@ -205,7 +205,7 @@ BASE = {"data": {"source": "alphanumeric", "size": 32, "glyphs": "aeb2", "unseen
 
 def build(scale):
     space = {"loss.beta": tune.grid_search([1.0, 2.0, 1e39])}  # 1e39 overflows float32: the loss is inf
-    return StudySpec("resume_test", BASE, space, scheduler="fifo", max_concurrent=1, cols="loss.beta")
+    return StudySpec("resume_test", BASE, space, scheduler="fifo", max_concurrent=2, cols="loss.beta")
 
 sys.exit(study_main("a study to kill and resume", build))
 '''

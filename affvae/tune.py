@@ -368,13 +368,33 @@ def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, resume: bool = F
 
 def _study_affinity(spec: StudySpec, base_cfg, data, progress: bool = False) -> dict[str, Any]:
     """The affinity matrix of the study's dataset, computed once here for every trial that
-    trains on it (trials that search the data config compute their own), when a trial
-    may use one: a bad matrix then stops the study before any trial starts."""
+    trains on it (trials that search the data config compute their own), when one may:
+    a bad matrix then stops the study before any trial starts."""
     from affvae.data.sources import data_affinity
 
-    if base_cfg.loss.gamma == 0 and "loss.gamma" not in spec.space:
-        return {}
-    return {data_key(base_cfg): data_affinity(base_cfg, data, progress)}
+    key = data_key(base_cfg)
+    grid = _grid_trials(spec.space)
+    if grid is None:  # a sampled space: whether a trial uses it is known only as trials start
+        wanted = base_cfg.loss.gamma != 0 or "loss.gamma" in spec.space
+    else:
+        trials = [trial_config(spec.base, config) for config in grid]
+        wanted = any(c.loss.gamma != 0 and data_key(c) == key for c in trials)
+    return {key: data_affinity(base_cfg, data, progress)} if wanted else {}
+
+
+def _grid_trials(space: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Every trial config of a space of grid searches and constants; None if any key samples."""
+    import itertools
+
+    axes = []
+    for key, value in space.items():
+        if isinstance(value, dict) and set(value) == {"grid_search"}:
+            axes.append([(key, v) for v in value["grid_search"]])
+        elif isinstance(value, (int, float, str, bool, dict)) or value is None:
+            axes.append([(key, value)])
+        else:
+            return None
+    return [dict(combo) for combo in itertools.product(*axes)]
 
 
 def _write_state(study_dir: Path, state: dict[str, Any]) -> None:

@@ -139,8 +139,14 @@ def test_the_study_computes_its_datasets_affinity_once_for_the_trials_that_share
             "loss": {"gamma": 0.0}}
     cfg = build_config(base)
     data = sources.build_dataset(cfg)
-    assert _study_affinity(StudySpec("s", base, {"loss.beta": [1, 2]}), cfg, data) == {}  # no trial uses one
-    shared = {"affinity": _study_affinity(StudySpec("s", base, {"loss.gamma": [0, 2]}), cfg, data)}
+    from ray import tune
+
+    # no trial uses the base data's matrix: gamma 0 throughout, or only on other metrics
+    assert _study_affinity(StudySpec("s", base, {"loss.beta": tune.grid_search([1, 2])}), cfg, data) == {}
+    metrics = tune.grid_search([{"name": "none", "loss.gamma": 0.0},
+                                {"name": "soap", "loss.gamma": 2.0, "data.affinity_metric": "soap"}])
+    assert _study_affinity(StudySpec("s", base, {"metric": metrics}), cfg, data) == {}
+    shared = {"affinity": _study_affinity(StudySpec("s", base, {"loss.gamma": tune.grid_search([0, 2])}), cfg, data)}
     (matrix,) = shared["affinity"].values()
     assert matrix.classes == ("a", "b", "c")
     computed = []

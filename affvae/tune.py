@@ -153,14 +153,15 @@ def data_key(cfg) -> str:
     return json.dumps({"data": cfg.data.model_dump(mode="json"), "seed": cfg.seed}, sort_keys=True)
 
 
-def trial_affinity(cfg, data, shared: dict[str, Any]):
-    """A trial's affinity matrix: the study's for its dataset when the driver computed
-    it (once for all the trials that share the dataset), else computed here."""
+def trial_affinity(cfg, data, affinities: dict[str, Any]):
+    """A trial's affinity matrix: the study's for its dataset (``affinities`` by
+    :func:`data_key`) when the driver computed it, once for all the trials that share the
+    dataset, else computed here."""
     from affvae.data.sources import resolve_affinity
 
     if cfg.loss.gamma == 0:
         return None
-    matrix = shared.get("affinity", {}).get(data_key(cfg))
+    matrix = affinities.get(data_key(cfg))
     return matrix if matrix is not None else resolve_affinity(cfg, data)
 
 
@@ -185,7 +186,7 @@ def _trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
     data = ray.get(ref) if ref is not None else build_dataset(cfg)
     if ref is None:
         ref = ray.put(data)
-    affinity = trial_affinity(cfg, data, shared)
+    affinity = trial_affinity(cfg, data, shared["affinity"])
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = make_trainer(
         cfg, ref, affinity, workers=int(settings.get("trial.workers", shared["workers"])),
@@ -258,10 +259,10 @@ def _make_callback(tracker, base, settings):
 
 # -- after the search: evaluate every trial's newest checkpoint -------------------------------
 def evaluate_trial(base: dict[str, Any], config: dict[str, Any], checkpoint_path: str, out_dir: str,
-                   data=None, shared: dict[str, Any] | None = None) -> dict[str, Any]:
+                   data=None, affinities: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write a trial's run folder from its newest checkpoint; returns its metrics.
 
-    ``shared``: the study's shared objects (its affinity matrices), if any."""
+    ``affinities``: the study's affinity matrices by dataset (:func:`trial_affinity`)."""
     from affvae.data.sources import build_dataset
     from affvae.distributed import read_checkpoint, result_from_state
     from affvae.runs import save_run
@@ -272,7 +273,7 @@ def evaluate_trial(base: dict[str, Any], config: dict[str, Any], checkpoint_path
     state = read_checkpoint(checkpoint_path)
     history = list(state["history"])
     seconds = float(sum(h.get("epoch_seconds", 0.0) for h in history))
-    result = result_from_state(cfg, data, state, trial_affinity(cfg, data, shared or {}), seconds=seconds)
+    result = result_from_state(cfg, data, state, trial_affinity(cfg, data, affinities or {}), seconds=seconds)
     metrics = save_run(result, data, out_dir)  # also writes embedding_2d.parquet (with figures)
     if history:
         rates = [h["samples_per_second"] for h in history[1:] or history if "samples_per_second" in h]
@@ -530,7 +531,7 @@ def _evaluate_trials(spec: StudySpec, rows: list[dict[str, Any]], tracker, share
         ref = shared["data"].get(data_key(trial_config(spec.base, row["config"])))
         checkpoint = storage_path(shared["storage"], row["checkpoint"])
         pending[remote_eval.remote(spec.base, row["config"], checkpoint, row["run_dir"], ref,
-                                   {"affinity": shared.get("affinity", {})})] = row
+                                   shared["affinity"])] = row
     with tqdm(total=len(pending), desc="evaluate trials", unit="trial",
               disable=None if progress and pending else True) as bar:
         while pending:
@@ -554,11 +555,11 @@ def storage_path(storage: str, path: str) -> str:
     return path if not scheme or "://" in path else scheme + path.lstrip("/")
 
 
-def _evaluate_remote(base, config, checkpoint, out, data, shared):
+def _evaluate_remote(base, config, checkpoint, out, data, affinities):
     import torch
 
     torch.set_num_threads(1)
-    return evaluate_trial(base, config, checkpoint, out, data, shared)
+    return evaluate_trial(base, config, checkpoint, out, data, affinities)
 
 
 def _safe(name: str) -> str:

@@ -146,16 +146,16 @@ def test_the_study_computes_its_datasets_affinity_once_for_the_trials_that_share
     metrics = tune.grid_search([{"name": "none", "loss.gamma": 0.0},
                                 {"name": "soap", "loss.gamma": 2.0, "data.affinity_metric": "soap"}])
     assert _study_affinity(StudySpec("s", base, {"metric": metrics}), cfg, data) == {}
-    shared = {"affinity": _study_affinity(StudySpec("s", base, {"loss.gamma": tune.grid_search([0, 2])}), cfg, data)}
-    (matrix,) = shared["affinity"].values()
+    affinities = _study_affinity(StudySpec("s", base, {"loss.gamma": tune.grid_search([0, 2])}), cfg, data)
+    (matrix,) = affinities.values()
     assert matrix.classes == ("a", "b", "c")
     computed = []
     real = sources._affinity_of
     monkeypatch.setattr(sources, "_affinity_of", lambda *a, **k: computed.append(1) or real(*a, **k))
     trial = trial_config(base, {"loss.gamma": 2.0})
-    assert trial_affinity(trial, data, shared) is matrix and computed == []
-    assert trial_affinity(trial_config(base, {"loss.gamma": 0.0}), data, shared) is None
+    assert trial_affinity(trial, data, affinities) is matrix and computed == []
+    assert trial_affinity(trial_config(base, {"loss.gamma": 0.0}), data, affinities) is None
     # a trial on other data (here another metric) computes its own
     other = trial_config(base, {"loss.gamma": 2.0, "data.affinity_metric": "mean-diff"})
-    mine = trial_affinity(other, data, shared)
+    mine = trial_affinity(other, data, affinities)
     assert computed == [1] and not np.allclose(mine.values, matrix.values)

@@ -25,15 +25,26 @@ import torch.nn.functional as F
 
 #: per phase (0 even, 1 odd), which of the 4 kernel taps the 2 conv taps use
 _TAPS = ((3, 1), (2, 0))
+#: the same for the input gradient of a stride-2, 3-tap convolution (``k=3, p=1``): along
+#: one axis ``gx[2m] = g[m] w[1]`` and ``gx[2m+1] = g[m] w[2] + g[m+1] w[0]``; tap 3 is a
+#: zero appended to the kernel (the even phase has one tap only)
+_GRAD_TAPS = ((1, 3), (2, 0))
 
 
-def _phase_weight(w: torch.Tensor, nd: int) -> torch.Tensor:
-    """(Cin, Cout, 4, ...) transposed weights -> (P*Cout, Cin, 2, ...) conv weights."""
+def _phase_weight(w: torch.Tensor, nd: int, taps=_TAPS) -> torch.Tensor:
+    """(A, B, K, ...) weights -> (P*B, A, 2, ...): per phase, its two taps along every axis.
+
+    ``w`` is a transposed convolution's (Cin, Cout, 4, ...) weight, or (with
+    ``_GRAD_TAPS``) an ordinary convolution's (Cout, Cin, 3, ...) weight, whose input
+    gradient is a transposed convolution from Cout to Cin channels.
+    """
+    if w.shape[2] < 4:  # room for the zero tap
+        w = F.pad(w, (0, 4 - w.shape[2]) * nd)
     blocks = []
     for phase in itertools.product((0, 1), repeat=nd):
         k = w
         for ax, r in enumerate(phase):
-            k = k[(slice(None),) * (2 + ax) + (list(_TAPS[r]),)]
+            k = k[(slice(None),) * (2 + ax) + (list(taps[r]),)]
         blocks.append(k.transpose(0, 1))
     return torch.cat(blocks, 0)
 
@@ -50,6 +61,43 @@ def _phase_views(t: torch.Tensor, nd: int, n):
         yield phase, v[tuple(idx)]
 
 
+def _weave(y: torch.Tensor, c: int, n, start) -> torch.Tensor:
+    """Interleave the phase blocks of ``y`` (N, P*c, >= n+1, ...) into (N, c, 2n, ...):
+    phase ``p``'s block of ``c`` channels, read from index ``start(phase)`` along each axis."""
+    out = y.new_empty((y.shape[0], c, *(2 * s for s in n)))
+    for p, (phase, view) in enumerate(_phase_views(out, len(n), n)):
+        view.copy_(y[(slice(None), slice(p * c, (p + 1) * c))
+                     + tuple(slice(r, r + s) for r, s in zip(start(phase), n))])
+    return out
+
+
+def _unweave(g: torch.Tensor, c: int, n, start) -> torch.Tensor:
+    """The adjoint of :func:`_weave`: (N, c, 2n, ...) -> (N, P*c, n+1, ...), each phase's
+    values at ``start(phase)`` on in its block of channels, zeros elsewhere."""
+    out = g.new_zeros((g.shape[0], 2 ** len(n) * c, *(s + 1 for s in n)))
+    for p, (phase, view) in enumerate(_phase_views(g, len(n), n)):
+        out[(slice(None), slice(p * c, (p + 1) * c))
+            + tuple(slice(r, r + s) for r, s in zip(start(phase), n))].copy_(view)
+    return out
+
+
+def _phase_weight_grad(gwp: torch.Tensor, w: torch.Tensor, nd: int) -> torch.Tensor:
+    """The gradient of ``w`` from that of ``_phase_weight(w, nd)``: every tap of a
+    (Cin, Cout, 4, ...) kernel lands in exactly one phase, so it is a permutation back."""
+    where = _phase_weight(torch.arange(w.numel(), device=w.device).view(w.shape), nd)
+    gw = gwp.new_empty(w.numel())
+    gw[where.reshape(-1)] = gwp.reshape(-1)
+    return gw.view(w.shape)
+
+
+#: output channels for which the decoder's weight gradient is computed by phases (3D):
+#: oneDNN's transposed-convolution weight gradient is slow for 4-15 of them, measured on
+#: 2 cores (native against phases, ms): 16 -> 8 at 16^3, batch 32: 35.3 / 17.6; 16 -> 8
+#: at 8^3: 5.0 / 2.3; 12 -> 6 at 16^3: 27.7 / 17.8; 12 -> 6 at 8^3: 3.3 / 2.3; but
+#: 32 -> 16 at 8^3: 4.2 / 6.5; 64 -> 32: 17.1 / 20.5; 6 -> 3 at 16^3: 2.7 / 6.0; 8 -> 1: 1.3 / 5.9
+PHASE_WEIGHT_GRAD_COUT = range(4, 16)
+
+
 class _PhaseDeconv(torch.autograd.Function):
     """Forward by phases (one fast convolution); backward by the standard kernels.
 
@@ -59,19 +107,14 @@ class _PhaseDeconv(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w):
+    def forward(ctx, x, w, b):
         nd = x.dim() - 2
         n = x.shape[2:]
         cout = w.shape[1]
-        wp = _phase_weight(w, nd)
-        y = (F.conv2d if nd == 2 else F.conv3d)(x, wp, padding=1)  # (N, P*cout, n+1, ...)
-        out = x.new_empty((x.shape[0], cout, *(2 * s for s in n)))
-        for p, (phase, view) in enumerate(_phase_views(out, nd, n)):
-            src = y[(slice(None), slice(p * cout, (p + 1) * cout))
-                    + tuple(slice(r, r + s) for r, s in zip(phase, n))]
-            view.copy_(src)
+        # the bias is added by the convolution, every phase's block of channels getting it
+        y = (F.conv2d if nd == 2 else F.conv3d)(x, _phase_weight(w, nd), b.repeat(2**nd), padding=1)
         ctx.save_for_backward(x, w)
-        return out
+        return _weave(y, cout, n, lambda phase: phase)
 
     @staticmethod
     def backward(ctx, gout):
@@ -82,14 +125,22 @@ class _PhaseDeconv(torch.autograd.Function):
         # return each gradient in its input's dtype
         gout = gout.contiguous()
         wc, xc = w.to(gout.dtype), x.to(gout.dtype)
-        gx = gw = None
+        gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = (F.conv2d if nd == 2 else F.conv3d)(gout, wc, stride=2, padding=1).to(x.dtype)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and nd == 3 and w.shape[1] in PHASE_WEIGHT_GRAD_COUT:
+            gy = _unweave(gout, w.shape[1], x.shape[2:], lambda phase: phase)
+            gwp = torch.ops.aten.convolution_backward(
+                gy, xc, _phase_weight(wc, nd), None, [1] * nd, [1] * nd, [1] * nd, False, [0] * nd, 1,
+                [False, True, False])[1]
+            gw = _phase_weight_grad(gwp, w, nd).to(w.dtype)
+        elif ctx.needs_input_grad[1]:
             gw = torch.ops.aten.convolution_backward(
                 gout, xc, wc, None, [2] * nd, [1] * nd, [1] * nd, True, [0] * nd, 1,
                 [False, True, False])[1].to(w.dtype)
-        return gx, gw
+        if ctx.needs_input_grad[2]:
+            gb = gout.sum([0] + list(range(2, gout.dim()))).to(w.dtype)
+        return gx, gw, gb
 
 
 class ConvTranspose2x(nn.Module):
@@ -106,8 +157,70 @@ class ConvTranspose2x(nn.Module):
         if x.device.type != "cpu":  # GPUs' own transposed convolutions are fast (and autocast-aware)
             conv_t = F.conv_transpose2d if self.nd == 2 else F.conv_transpose3d
             return conv_t(x, self.weight, self.bias, stride=2, padding=1)
-        out = _PhaseDeconv.apply(x.contiguous(), self.weight)
-        return out + self.bias.view(1, -1, *([1] * self.nd))
+        return _PhaseDeconv.apply(x.contiguous(), self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.cin}, {self.cout}, kernel_size=4, stride=2, padding=1 (phase-decomposed)"
+
+
+class _PhaseGradConv(torch.autograd.Function):
+    """A stride-2 ``k=3, p=1`` convolution whose input gradient is computed by phases.
+
+    That gradient is a transposed convolution (slow on oneDNN for few channels, like the
+    decoder's forward above): here it is one stride-1 convolution of the output gradient
+    (kernel 2, :data:`_GRAD_TAPS`) and an interleave.  Forward and weight gradient are the
+    native kernels.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        nd = x.dim() - 2
+        ctx.save_for_backward(x, w)
+        return (F.conv2d if nd == 2 else F.conv3d)(x, w, b, stride=2, padding=1)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        nd = x.dim() - 2
+        g = g.contiguous()
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            if any(s % 2 for s in x.shape[2:]):  # odd sides: the phases would not tile the input
+                gx = torch.ops.aten.convolution_backward(
+                    g, x, w, None, [2] * nd, [1] * nd, [1] * nd, False, [0] * nd, 1, [True, False, False])[0]
+            else:
+                y = (F.conv2d if nd == 2 else F.conv3d)(g, _phase_weight(w, nd, _GRAD_TAPS), padding=1)
+                gx = _weave(y, x.shape[1], g.shape[2:], lambda phase: (1,) * nd)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            _, gw, gb = torch.ops.aten.convolution_backward(
+                g, x, w, [w.shape[0]], [2] * nd, [1] * nd, [1] * nd, False, [0] * nd, 1,
+                [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
+        return gx, gw, gb
+
+
+#: the encoder layers whose input gradient is computed by phases: fewer input channels than this
+PHASE_GRAD_MAX_CIN = 8
+
+
+class Conv2x(nn.Module):
+    """Drop-in for ``Conv{nd}d(cin, cout, kernel_size=3, stride=2, padding=1)`` whose
+    backward computes the input gradient by phases on CPUs (same parameters and numbers)."""
+
+    def __init__(self, nd: int, cin: int, cout: int):
+        super().__init__()
+        ref = (nn.Conv2d if nd == 2 else nn.Conv3d)(cin, cout, 3, 2, 1)
+        self.nd, self.cin, self.cout = nd, cin, cout
+        self.weight = ref.weight
+        self.bias = ref.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the phase form pays for few input channels only (measured on 2 cores, 25-32 items:
+        # 3 -> 6 at 32^3 10.8 -> 6.8 ms forward and backward, 6 -> 12 at 16^3 4.1 -> 3.7,
+        # 8 -> 16 at 16^3 even, 16 -> 32 at 8^3 1.6 -> 2.9)
+        if x.device.type != "cpu" or not x.requires_grad or self.cin >= PHASE_GRAD_MAX_CIN:
+            conv = F.conv2d if self.nd == 2 else F.conv3d
+            return conv(x, self.weight, self.bias, stride=2, padding=1)
+        return _PhaseGradConv.apply(x.contiguous(), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.cin}, {self.cout}, kernel_size=3, stride=2, padding=1 (input gradient by phases)"

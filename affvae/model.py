@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from affvae.deconv import ConvTranspose2x
+from affvae.deconv import Conv2x, ConvTranspose2x
 from affvae.errors import ConfigError
 
 
@@ -53,7 +53,7 @@ class AffinityVAE(nn.Module):
         enc: list[nn.Module] = []
         cin = 1
         for f in filters:
-            enc += [conv(cin, f, kernel_size=3, stride=2, padding=1), nn.ReLU(inplace=True)]
+            enc += [Conv2x(ndim, cin, f), nn.ReLU(inplace=True)]  # conv(cin, f, 3, stride 2, padding 1)
             if batch_norm:
                 enc.append(bnorm(f))
             cin = f

@@ -73,7 +73,7 @@ def train_classifier(cfg, data, epochs: int | None = None) -> Classifier:
     y = torch.tensor([class_of.get(c, -1) for c in data.labels.tolist()], dtype=torch.long)
     x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32)).unsqueeze(1)
     net = encoder_classifier(cfg, data.shape, len(classes))
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True)
     clf = Classifier(net, classes, splits)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_idx = torch.as_tensor(splits.train)

@@ -4,6 +4,7 @@ import numpy as np
 
 from affvae.config import build_config
 from affvae.data.sources import build_dataset
+from affvae.deconv import Conv2x
 from affvae.supervised import encoder_classifier, train_classifier
 
 SMALL = ["data.source=tetramino", "data.size=16", "data.cube=3", "data.shapes=[I, O, T, L]", "data.n_per_class=24",
@@ -27,5 +28,5 @@ def test_the_classifier_learns_the_classes_and_keeps_its_best_validation_epoch()
 def test_the_head_sits_on_the_configs_own_encoder():
     cfg = build_config(overrides=SMALL)
     net = encoder_classifier(cfg, (16, 16, 16), 4)
-    convs = [m for m in net[0].modules() if m.__class__.__name__ == "Conv3d"]
-    assert [c.out_channels for c in convs] == [4, 8] and net[1].out_features == 4
+    convs = [m for m in net[0].modules() if isinstance(m, Conv2x)]
+    assert [(c.nd, c.cout) for c in convs] == [(3, 4), (3, 8)] and net[1].out_features == 4

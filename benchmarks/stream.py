@@ -15,9 +15,10 @@ four ways through affvae's own ``train`` and prints the training samples/s of ea
                          and by Ray Data tasks when auto did not pick them;
 
 and the ratio stream / memory of each pair (target >= 0.75).  It also prints how many
-volumes per second the renderer makes alone, and the peak memory (RSS of the driver,
-Ray and its workers together) of streaming 1x and 10x items through Ray Data, each
-in a fresh process (target 10x / 1x <= 1.2).
+volumes per second the renderer makes alone, and the peak memory (the summed PSS of the
+driver, Ray and its workers: a page of Ray's object store counts once, not once per
+process that maps it) of streaming 1x and 10x items through Ray Data, each in a fresh
+process (target 10x / 1x <= 1.2).
 
 ``--folder GIB`` trains one epoch on folders of 32^3 files whose items total GIB and
 10 x GIB, each in a fresh process whose data memory is capped at GIB (``RLIMIT_DATA``):
@@ -133,7 +134,9 @@ def memory_spec(size: int):
 
 
 def _tree_rss_kib(pid: int) -> int:
-    """Summed VmRSS of a process and all its descendants, from /proc."""
+    """Memory of a process and all its descendants, from /proc: their summed proportional
+    set sizes (PSS), which count a page shared by k processes (Ray's object store, mapped
+    by the driver and every worker) once in all, not k times; VmRSS where PSS is not shown."""
     total, stack, seen = 0, [pid], set()
     while stack:
         p = stack.pop()
@@ -141,8 +144,10 @@ def _tree_rss_kib(pid: int) -> int:
             continue
         seen.add(p)
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            rollup = Path(f"/proc/{p}/smaps_rollup")
+            lines = (rollup if rollup.exists() else Path(f"/proc/{p}/status")).read_text().splitlines()
+            for line in lines:
+                if line.startswith("Pss:") or (line.startswith("VmRSS:") and not rollup.exists()):
                     total += int(line.split()[1])
             for task in Path(f"/proc/{p}/task").iterdir():
                 kids = (task / "children").read_text().split()
@@ -156,7 +161,7 @@ STREAM_BUFFER_MIB = 128
 
 
 def memory_child(size: int, items: int) -> None:
-    """Stream ``items`` volumes through Ray Data, print the peak RSS of the process tree."""
+    """Stream ``items`` volumes through Ray Data, print the peak memory (PSS) of the process tree."""
     import ray
     from ray.data import DataContext
 

@@ -143,24 +143,35 @@ class _PhaseDeconv(torch.autograd.Function):
         return gx, gw, gb
 
 
-class ConvTranspose2x(nn.Module):
-    """Drop-in for ``ConvTranspose{nd}d(cin, cout, kernel_size=4, stride=2, padding=1)``."""
+class _Stride2Layer(nn.Module):
+    """A stride-2, padding-1 layer with the parameters (names, shapes, initialisation) of
+    the native layer it replaces, ``native[nd - 2](cin, cout, kernel, 2, 1)``."""
+
+    native: tuple
+    kernel: int
+    how: str
 
     def __init__(self, nd: int, cin: int, cout: int):
         super().__init__()
-        ref = (nn.ConvTranspose2d if nd == 2 else nn.ConvTranspose3d)(cin, cout, 4, 2, 1)
+        ref = self.native[nd - 2](cin, cout, self.kernel, 2, 1)
         self.nd, self.cin, self.cout = nd, cin, cout
         self.weight = ref.weight
         self.bias = ref.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.cin}, {self.cout}, kernel_size={self.kernel}, stride=2, padding=1 ({self.how})"
+
+
+class ConvTranspose2x(_Stride2Layer):
+    """Drop-in for ``ConvTranspose{nd}d(cin, cout, kernel_size=4, stride=2, padding=1)``."""
+
+    native, kernel, how = (nn.ConvTranspose2d, nn.ConvTranspose3d), 4, "phase-decomposed"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":  # GPUs' own transposed convolutions are fast (and autocast-aware)
             conv_t = F.conv_transpose2d if self.nd == 2 else F.conv_transpose3d
             return conv_t(x, self.weight, self.bias, stride=2, padding=1)
         return _PhaseDeconv.apply(x.contiguous(), self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.cin}, {self.cout}, kernel_size=4, stride=2, padding=1 (phase-decomposed)"
 
 
 class _PhaseGradConv(torch.autograd.Function):
@@ -202,16 +213,15 @@ class _PhaseGradConv(torch.autograd.Function):
 PHASE_GRAD_MAX_CIN = 8
 
 
-class Conv2x(nn.Module):
+class Conv2x(_Stride2Layer):
     """Drop-in for ``Conv{nd}d(cin, cout, kernel_size=3, stride=2, padding=1)`` whose
     backward computes the input gradient by phases on CPUs (same parameters and numbers)."""
 
-    def __init__(self, nd: int, cin: int, cout: int):
-        super().__init__()
-        ref = (nn.Conv2d if nd == 2 else nn.Conv3d)(cin, cout, 3, 2, 1)
-        self.nd, self.cin, self.cout = nd, cin, cout
-        self.weight = ref.weight
-        self.bias = ref.bias
+    native, kernel = (nn.Conv2d, nn.Conv3d), 3
+
+    @property
+    def how(self) -> str:
+        return "input gradient by phases" if self.cin < PHASE_GRAD_MAX_CIN else "native"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the phase form pays for few input channels only (measured on 2 cores, 25-32 items:
@@ -221,6 +231,3 @@ class Conv2x(nn.Module):
             conv = F.conv2d if self.nd == 2 else F.conv3d
             return conv(x, self.weight, self.bias, stride=2, padding=1)
         return _PhaseGradConv.apply(x.contiguous(), self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.cin}, {self.cout}, kernel_size=3, stride=2, padding=1 (input gradient by phases)"

@@ -11,19 +11,25 @@ def test_phase_deconv_equals_conv_transpose_forward_and_backward(nd, shape, cout
     torch.manual_seed(0)
     fast = ConvTranspose2x(nd, shape[1], cout).double()
     ref = (nn.ConvTranspose2d if nd == 2 else nn.ConvTranspose3d)(shape[1], cout, 4, 2, 1).double()
+    y = _assert_same_layer(fast, ref, torch.randn(*shape, dtype=torch.double))
+    assert y.shape == (shape[0], cout, *(2 * s for s in shape[2:]))
+
+
+def _assert_same_layer(fast, ref, x):
+    """``fast`` with ``ref``'s parameters gives ``ref``'s output and gradients on ``x``; returns the output."""
     with torch.no_grad():
         ref.weight.copy_(fast.weight)
         ref.bias.copy_(fast.bias)
-    x = torch.randn(*shape, dtype=torch.double)
     xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
     yf, yr = fast(xf), ref(xr)
-    assert yf.shape == yr.shape == (shape[0], cout, *(2 * s for s in shape[2:]))
-    assert torch.allclose(yf, yr, atol=1e-12)
+    assert yf.shape == yr.shape and torch.allclose(yf, yr, atol=1e-12)
     g = torch.randn_like(yr)
     gf = torch.autograd.grad(yf, [xf, fast.weight, fast.bias], g)
     gr = torch.autograd.grad(yr, [xr, ref.weight, ref.bias], g)
     for a, b in zip(gf, gr):
         assert torch.allclose(a, b, atol=1e-10)
+    assert gf[0].abs().sum() > 0  # the input gradient was computed, not left zero
+    return yf
 
 
 def test_gradcheck():
@@ -69,19 +75,7 @@ def test_phase_grad_conv_equals_the_strided_convolution(nd, shape, cout):
     torch.manual_seed(3)
     fast = Conv2x(nd, shape[1], cout).double()
     ref = (nn.Conv2d if nd == 2 else nn.Conv3d)(shape[1], cout, 3, 2, 1).double()
-    with torch.no_grad():
-        ref.weight.copy_(fast.weight)
-        ref.bias.copy_(fast.bias)
-    x = torch.randn(*shape, dtype=torch.double)
-    xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
-    yf, yr = fast(xf), ref(xr)
-    assert yf.shape == yr.shape and torch.allclose(yf, yr, atol=1e-12)
-    g = torch.randn_like(yr)
-    gf = torch.autograd.grad(yf, [xf, fast.weight, fast.bias], g)
-    gr = torch.autograd.grad(yr, [xr, ref.weight, ref.bias], g)
-    for a, b in zip(gf, gr):
-        assert torch.allclose(a, b, atol=1e-10)
-    assert gf[0].abs().sum() > 0  # the input gradient was computed, not left zero
+    _assert_same_layer(fast, ref, torch.randn(*shape, dtype=torch.double))
 
 
 def test_phase_grad_conv_gradcheck():

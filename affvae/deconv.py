@@ -112,13 +112,14 @@ class _PhaseDeconv(torch.autograd.Function):
         n = x.shape[2:]
         cout = w.shape[1]
         # the bias is added by the convolution, every phase's block of channels getting it
-        y = (F.conv2d if nd == 2 else F.conv3d)(x, _phase_weight(w, nd), b.repeat(2**nd), padding=1)
-        ctx.save_for_backward(x, w)
+        wp = _phase_weight(w, nd)
+        y = (F.conv2d if nd == 2 else F.conv3d)(x, wp, b.repeat(2**nd), padding=1)
+        ctx.save_for_backward(x, w, wp)
         return _weave(y, cout, n, lambda phase: phase)
 
     @staticmethod
     def backward(ctx, gout):
-        x, w = ctx.saved_tensors
+        x, w, wp = ctx.saved_tensors
         nd = x.dim() - 2
         # under autocast the forward's convolution ran in lower precision, so the
         # incoming gradient may not have the weight's dtype: compute in gout's dtype,
@@ -131,7 +132,7 @@ class _PhaseDeconv(torch.autograd.Function):
         if ctx.needs_input_grad[1] and nd == 3 and w.shape[1] in PHASE_WEIGHT_GRAD_COUT:
             gy = _unweave(gout, w.shape[1], x.shape[2:], lambda phase: phase)
             gwp = torch.ops.aten.convolution_backward(
-                gy, xc, _phase_weight(wc, nd), None, [1] * nd, [1] * nd, [1] * nd, False, [0] * nd, 1,
+                gy, xc, wp.to(gout.dtype), None, [1] * nd, [1] * nd, [1] * nd, False, [0] * nd, 1,
                 [False, True, False])[1]
             gw = _phase_weight_grad(gwp, w, nd).to(w.dtype)
         elif ctx.needs_input_grad[1]:

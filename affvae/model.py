@@ -25,9 +25,9 @@ from affvae.errors import ConfigError
 
 def _layers(ndim: int):
     if ndim == 2:
-        return nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d
+        return nn.ConvTranspose2d, nn.BatchNorm2d
     if ndim == 3:
-        return nn.Conv3d, nn.ConvTranspose3d, nn.BatchNorm3d
+        return nn.ConvTranspose3d, nn.BatchNorm3d
     raise ConfigError(f"input must be 2D or 3D, got {ndim}D")
 
 
@@ -44,7 +44,7 @@ class AffinityVAE(nn.Module):
                 f"model.filters: {depth} blocks halve the box {depth} times, so every side of "
                 f"{'x'.join(map(str, shape))} must be divisible by {2**depth}"
             )
-        conv, tconv, bnorm = _layers(ndim)
+        tconv, bnorm = _layers(ndim)
         self.shape, self.ndim = shape, ndim
         self.latent_dims, self.pose_dims = latent_dims, pose_dims
         self.filters = list(filters)
@@ -53,7 +53,7 @@ class AffinityVAE(nn.Module):
         enc: list[nn.Module] = []
         cin = 1
         for f in filters:
-            enc += [Conv2x(ndim, cin, f), nn.ReLU(inplace=True)]  # conv(cin, f, 3, stride 2, padding 1)
+            enc += [Conv2x(ndim, cin, f), nn.ReLU(inplace=True)]  # Conv{ndim}d(cin, f, 3, stride 2, padding 1)
             if batch_norm:
                 enc.append(bnorm(f))
             cin = f

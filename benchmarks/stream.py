@@ -145,10 +145,8 @@ def _tree_rss_kib(pid: int) -> int:
         seen.add(p)
         try:
             rollup = Path(f"/proc/{p}/smaps_rollup")
-            lines = (rollup if rollup.exists() else Path(f"/proc/{p}/status")).read_text().splitlines()
-            for line in lines:
-                if line.startswith("Pss:") or (line.startswith("VmRSS:") and not rollup.exists()):
-                    total += int(line.split()[1])
+            source, key = (rollup, "Pss:") if rollup.exists() else (Path(f"/proc/{p}/status"), "VmRSS:")
+            total += sum(int(line.split()[1]) for line in source.read_text().splitlines() if line.startswith(key))
             for task in Path(f"/proc/{p}/task").iterdir():
                 kids = (task / "children").read_text().split()
                 stack.extend(int(k) for k in kids)

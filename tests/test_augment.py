@@ -137,6 +137,38 @@ def test_missing_wedge_removes_the_coefficients_outside_the_tilt_range(axis):
     assert torch.allclose(missing_wedge(got, tilt, axis), got, atol=1e-12)  # a projection
 
 
+@pytest.mark.parametrize("n_items, shape", [(6, (12, 12, 12)), (5, (11, 12, 13)), (3, (10, 9)), (1, (8, 8, 8))])
+def test_fourier_filter_in_item_pairs_equals_one_real_fft_per_item(n_items, shape):
+    from affvae.transforms.augment import _even_full_transfer, _real_fft_filter, ctf_transfer, fourier_filter
+
+    torch.manual_seed(1)
+    x = torch.randn(n_items, *shape)
+    even = ctf_transfer(shape, 4.0, 2.0)
+    assert _even_full_transfer(even, shape) is not None  # the paired path runs
+    got = fourier_filter(x, even)
+    assert torch.allclose(got, _real_fft_filter(x, even), atol=2e-6)
+    # one item at a time, so neither a partner item nor the odd one out leaks into another
+    alone = torch.cat([fourier_filter(x[i:i + 1], even) for i in range(n_items)])
+    assert torch.allclose(got, alone, atol=2e-6)
+    # a transfer that is not even (T(k) != T(-k)) takes the real FFT path, and still agrees
+    odd = torch.rand(even.shape)
+    assert _even_full_transfer(odd, shape) is None
+    assert torch.equal(fourier_filter(x, odd), _real_fft_filter(x, odd))
+
+
+def test_fourier_filter_keeps_float64_and_matches_a_full_complex_filter():
+    from affvae.transforms.augment import _even_full_transfer, wedge_transfer
+
+    torch.manual_seed(2)
+    x = torch.randn(5, 10, 10, 10, dtype=torch.float64)
+    half = wedge_transfer((10, 10, 10), 50.0)
+    full = _even_full_transfer(half, (10, 10, 10))
+    assert full.shape == (10, 10, 10) and torch.equal(full[..., :6], half.float())
+    want = torch.fft.ifftn(torch.fft.fftn(x, dim=(1, 2, 3)) * full, dim=(1, 2, 3)).real
+    got = missing_wedge(x, 50.0)
+    assert got.dtype == torch.float64 and torch.allclose(got, want, atol=1e-12)
+
+
 def test_row_variance_is_exact_near_zero_and_far_from_it():
     from affvae.transforms.augment import row_var_mean
 

@@ -291,12 +291,69 @@ def missing_wedge(x: torch.Tensor, tilt_max: float = 60.0, axis: str = "y") -> t
 
 def fourier_filter(x: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:
     """Multiply each item's spectrum by ``transfer`` (on the rfft grid of one item): one
-    batched real FFT there and back, so linear effects applied together (a CTF and a
-    wedge, as their product) cost one pair of transforms."""
+    batched FFT there and back, so linear effects applied together (a CTF and a wedge,
+    as their product) cost one pair of transforms.
+
+    A real transfer that is even (T(k) = T(-k): a CTF, a missing wedge) filters two
+    real items at once: item a + i item b through one complex FFT pair, whose real and
+    imaginary parts are then the two filtered items.  On a CPU, whose complex-to-real
+    transform is the slow one, 32 items of 64^3 take 16-19 against 22-25 ms (a whole
+    stream batch of proteins 90 against 95 ms, alternated).  Any other transfer takes
+    the real FFT pair.
+    """
+    dims = tuple(range(1, x.dim()))
+    full = None if x.is_complex() else _even_full_transfer(transfer, tuple(x.shape[1:]))
+    if full is None:
+        return _real_fft_filter(x, transfer)
+    n, m = len(x), len(x) - len(x) % 2
+    out = torch.empty_like(x)
+    if m:
+        z = torch.complex(x[0:m:2], x[1:m:2])
+        torch.fft.fftn(z, dim=dims, out=z)  # in place: 16 against 19 ms out of place, 32 items of 64^3
+        torch.fft.ifftn(z.mul_(full.to(x.device)), dim=dims, out=z)
+        parts = torch.view_as_real(z)
+        out[0:m:2], out[1:m:2] = parts[..., 0], parts[..., 1]
+    if m < n:  # an odd item out
+        out[m:] = _real_fft_filter(x[m:], transfer)
+    return out
+
+
+def _real_fft_filter(x: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:
+    """The general path: a real FFT of each item, the product, and the inverse."""
     dims = tuple(range(1, x.dim()))
     spectrum = torch.fft.rfftn(x, dim=dims)
     spectrum.mul_(transfer.to(device=x.device, dtype=torch.float32))
     return torch.fft.irfftn(spectrum, s=x.shape[1:], dim=dims).to(x.dtype)
+
+
+#: full-grid forms of the last few even transfers (a wedge and a CTF are made again for every batch)
+_FULL_TRANSFERS: dict = {}
+
+
+def _even_full_transfer(transfer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """``transfer`` on the full FFT grid of items of ``shape`` if it is real and even, else None."""
+    if transfer.is_complex() or tuple(transfer.shape) != shape[:-1] + (shape[-1] // 2 + 1,):
+        return None
+    t = transfer.to(torch.float32)
+    key = (shape, str(transfer.device), t.cpu().numpy().tobytes())
+    if key not in _FULL_TRANSFERS:
+        if len(_FULL_TRANSFERS) >= 8:
+            _FULL_TRANSFERS.pop(next(iter(_FULL_TRANSFERS)))
+        _FULL_TRANSFERS[key] = _mirror_full(t, shape)
+    return _FULL_TRANSFERS[key]
+
+
+def _mirror_full(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """The rfft-grid ``t`` extended to the full grid by T(k) = T(-k); None where ``t`` is not even."""
+    flip = [(-torch.arange(m, device=t.device)) % m for m in shape]  # index of -k on each axis
+    neg = t[..., flip[-1][t.shape[-1]:]]  # the last axis's negative frequencies at -k of the others
+    for d in range(t.dim() - 1):
+        neg = neg.index_select(d, flip[d])
+    full = torch.cat([t, neg], -1)
+    mirrored = full
+    for d, f in enumerate(flip):
+        mirrored = mirrored.index_select(d, f)
+    return full if torch.equal(full, mirrored) else None
 
 
 def electron_wavelength(voltage_kv: float) -> float:

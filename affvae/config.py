@@ -73,7 +73,9 @@ class DataConfig(_Section):
     elongation: float = Field(default=1.0, gt=0)
     #: training-time augmentation: "octahedral" rotates each 3D training item by a random
     #: one of the 24 cube symmetries every epoch (exact; for uniform or grid rotations);
-    #: "auto" (the default): octahedral for 3D volumes, none for 2D images
+    #: "auto" (the default): octahedral for 3D volumes, none for 2D images, and none for a
+    #: stream of fresh uniform rotations (rotation: uniform, or rotate_files), which it
+    #: would leave as uniform as it found them
     augment: Literal["auto", "none", "octahedral"] = "auto"
     #: how simulated 3D items are rendered: "fast" rotates each class's template, rendered
     #: exactly once (three batched bilinear plane rotations of a sharpened template; correlation with the exact

@@ -147,6 +147,17 @@ class Session:
     def augment(self) -> bool:
         return octahedral_augment(self.cfg.data.augment, self.data.ndim)
 
+    @property
+    def augment_stream(self) -> bool:
+        """Whether streamed batches get cube symmetries too: not under ``augment: auto``
+        when the stream's items are fresh uniform rotations (simulated with ``rotation:
+        uniform``, or files with ``rotate_files``): a cube symmetry of a uniform rotation
+        is another uniform rotation, so it would copy every batch (7 ms for 32 volumes
+        of 64^3) for the same distribution.  An explicit ``augment: octahedral`` is kept."""
+        d = self.cfg.data
+        uniform = d.rotate_files if d.source == "folder" else d.rotation == "uniform"
+        return self.augment and not (d.augment == "auto" and uniform)
+
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext()
 
@@ -251,7 +262,7 @@ def streamed_batches(s: Session, batches: Batches, epoch: int,
         x = torch.as_tensor(x, dtype=torch.float32)
         if x.dim() == len(s.data.shape) + 1:
             x = x.unsqueeze(1)
-        if s.augment:
+        if s.augment_stream:
             x = random_octahedral(x, gen)
         yield x, torch.as_tensor(yc, dtype=torch.long), torch.randn(len(x), s.latent, generator=gen)
 

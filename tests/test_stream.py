@@ -221,3 +221,20 @@ def test_a_streamed_folder_of_images_is_rotated(tmp_path):
     assert turned.shape == plain.shape == (4, 32, 32)
     assert np.abs(turned - plain).max() > 0.5 and np.abs(turned - again).max() > 0.5
     np.testing.assert_allclose(turned.sum((1, 2)), plain.sum((1, 2)), rtol=0.15)  # the same glyph, turned
+
+
+@pytest.mark.parametrize("extra, symmetries", [([], False), (["data.rotation=none"], True),
+                                               (["data.augment=octahedral"], True)])
+def test_a_stream_of_uniform_rotations_gets_no_cube_symmetries_under_auto(extra, symmetries):
+    import torch
+
+    from affvae.train import setup, streamed_batches
+
+    cfg = build_config(overrides=TETRA + extra)
+    data = build_dataset(cfg)
+    s = setup(cfg, data, resolve_affinity(cfg, data))
+    batches, served = recording(stream_batches(cfg, data))
+    got = [x.squeeze(1).numpy() for x, _, _ in streamed_batches(s, batches, 0, torch.Generator().manual_seed(0))]
+    same = all(np.array_equal(g, x) for g, (x, _) in zip(got, served[0]))
+    assert len(got) == len(served[0]) == 1 and same != symmetries
+    assert s.augment  # the in-memory split of the same data keeps them

@@ -139,7 +139,12 @@ def test_missing_wedge_removes_the_coefficients_outside_the_tilt_range(axis):
 
 @pytest.mark.parametrize("n_items, shape", [(6, (12, 12, 12)), (5, (11, 12, 13)), (3, (10, 9)), (1, (8, 8, 8))])
 def test_fourier_filter_in_item_pairs_equals_one_real_fft_per_item(n_items, shape):
-    from affvae.transforms.augment import _even_full_transfer, _real_fft_filter, ctf_transfer, fourier_filter
+    from affvae.transforms.augment import (
+        _even_full_transfer,
+        _real_fft_filter,
+        ctf_transfer,
+        fourier_filter,
+    )
 
     torch.manual_seed(1)
     x = torch.randn(n_items, *shape)

@@ -186,12 +186,17 @@ def ray_dataset(spec: StreamSpec, n_items: int | None = None, batch_size: int = 
 def bound_stream_memory(mib: int = 128) -> None:
     """Cap the object-store memory this process's Ray Datasets buffer (rendered blocks
     waiting to be consumed), so a stream's memory does not grow with its length; and
-    keep their order, so each epoch gets its own items whichever task renders first."""
+    keep their order, so each epoch gets its own items whichever task renders first; and
+    let the scheduling loop wait, not spin, while the buffer is full
+    (:mod:`affvae.data.ray_polling`)."""
     from ray.data import DataContext, ExecutionResources
+
+    from affvae.data import ray_polling
 
     options = DataContext.get_current().execution_options
     options.resource_limits = ExecutionResources(object_store_memory=mib * 2**20)
     options.preserve_order = True
+    ray_polling.install()
 
 
 def rank_items(n: int, batch_size: int, rank: int = 0, world: int = 1) -> np.ndarray:

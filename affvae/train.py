@@ -307,8 +307,9 @@ def train_epoch(s: Session, epoch: int, batches: Batches | None = None) -> dict[
     s.model.train()
     sums = torch.zeros(len(TERMS), dtype=torch.float64)
     n_seen = 0
+    waited = [0.0]
     t0 = time.perf_counter()
-    for x, yc, eps in source:
+    for x, yc, eps in _timed(source, waited):
         x = x.to(s.device, non_blocking=True).squeeze(1)
         yc = yc.to(s.device, non_blocking=True)
         with s.autocast():
@@ -328,7 +329,21 @@ def train_epoch(s: Session, epoch: int, batches: Batches | None = None) -> dict[
     logs.update({f"train_{t}": float(v) / max(n_seen, 1) for t, v in zip(TERMS, sums)})
     logs["train_items"] = n_seen
     logs["train_seconds"] = time.perf_counter() - t0
+    logs["train_wait_seconds"] = waited[0]  # this rank's: a stream that starves the step shows here
     return logs
+
+
+def _timed(source: Iterable, waited: list[float]) -> Iterator:
+    """``source``'s items, adding the seconds spent waiting for each to ``waited[0]``."""
+    items = iter(source)
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - t
+        yield item
 
 
 def map_items(train_idx: np.ndarray, labels: np.ndarray, cap: int, seed: int) -> np.ndarray:

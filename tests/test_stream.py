@@ -6,6 +6,7 @@ import pytest
 from affvae.config import build_config
 from affvae.data.sources import build_dataset, resolve_affinity
 from affvae.data.stream import (
+    items_per_block,
     local_batches,
     rank_items,
     ray_dataset,
@@ -38,6 +39,15 @@ def test_rank_items_split_every_global_batch_between_ranks():
     r0, r1 = rank_items(20, 8, 0, 2), rank_items(20, 8, 1, 2)
     assert r0.tolist() == [0, 2, 4, 6, 8, 10, 12, 14] and r1.tolist() == [1, 3, 5, 7, 9, 11, 13, 15]
     assert rank_items(20, 8).tolist() == list(range(16))  # full batches only
+
+
+def test_a_render_task_makes_whole_batches_up_to_its_byte_cap():
+    def spec(source, size):
+        return spec_from_config(build_config(overrides=[f"data.source={source}", f"data.size={size}"]), ["a"])
+    assert items_per_block(spec("tetramino", 32), 16) == 256  # 16 batches of 2 MiB
+    assert items_per_block(spec("proteins", 64), 16) == 64  # 4 batches of 16 MiB: 64 MiB
+    assert items_per_block(spec("proteins", 64), 128) == 128  # one batch over the cap: one batch
+    assert items_per_block(spec("alphanumeric", 64), 32) == 512  # 2D items: 16 KiB each
 
 
 @pytest.mark.slow
@@ -90,6 +100,25 @@ def recording(batches):
             yield x, y
 
     return wrapped, served
+
+
+def test_training_logs_how_long_it_waited_for_its_stream():
+    import time
+
+    cfg = build_config(overrides=TETRA + ["train.epochs=1"])
+    data = build_dataset(cfg)
+    source = stream_batches(cfg, data)
+
+    def slow(epoch):  # a stream that takes 0.3 s to deliver each batch
+        for x, y in source(epoch):
+            time.sleep(0.3)
+            yield x, y
+
+    fast = train(cfg, data, resolve_affinity(cfg, data), source).history[0]
+    h = train(cfg, data, resolve_affinity(cfg, data), slow).history[0]
+    assert h["train_items"] == 8  # one batch
+    assert 0.3 <= h["train_wait_seconds"] <= h["train_seconds"]
+    assert fast["train_wait_seconds"] < 0.3
 
 
 def test_training_consumes_exactly_what_the_stream_serves_fresh_each_epoch():

@@ -149,6 +149,25 @@ def _specs_for_array(batch: dict[str, np.ndarray], spec: StreamSpec) -> dict[str
     return simulated_table(spec, np.asarray(batch["data"], dtype=np.int64))
 
 
+#: a render task's block of items: up to this many batches, and at most this many bytes
+BLOCK_BATCHES = 16
+BLOCK_BYTES = 64 * 2**20
+
+
+def items_per_block(spec: StreamSpec, batch_size: int) -> int:
+    """Items each Ray Data render task makes: whole batches, as many as fit in
+    :data:`BLOCK_BATCHES` and :data:`BLOCK_BYTES` (at least one batch).
+
+    Fewer, larger tasks cost the training ranks less on a node they fill (per task,
+    Ray schedules, starts and hands over a block): 2 workers on 2 cores trained
+    tetracubes at 488-499 samples/s with blocks of 16 batches of 32^3 against 431-441
+    with 4 (alternated); the byte cap keeps 64^3 blocks at 4 batches of 16, as before.
+    """
+    size = spec.sim.get("size") or spec.size or 64
+    item = 4 * size ** (2 if spec.source == "alphanumeric" else 3)
+    return batch_size * max(1, min(BLOCK_BATCHES, BLOCK_BYTES // (item * batch_size)))
+
+
 def ray_dataset(spec: StreamSpec, n_items: int | None = None, batch_size: int = 32, offset: int = 0,
                 table: dict[str, np.ndarray] | None = None, ids: np.ndarray | None = None):
     """The same batches as a streaming Ray Dataset; rendering runs in Ray tasks.
@@ -167,15 +186,13 @@ def ray_dataset(spec: StreamSpec, n_items: int | None = None, batch_size: int = 
                                                           table["path"], table["label"])])
     elif ids is not None:
         ids = np.asarray(ids, dtype=np.int64)
-        parts = np.array_split(ids, max(1, -(-len(ids) // (4 * batch_size))))
+        parts = np.array_split(ids, max(1, -(-len(ids) // items_per_block(spec, batch_size))))
         ds = ray.data.from_numpy(parts).map_batches(
             _specs_for_array, fn_kwargs={"spec": spec}, batch_size=None, batch_format="numpy")
     else:
         if n_items is None:
             raise ValueError("a simulated stream needs n_items or ids")
-        # one block per few batches: enough tasks to keep every CPU busy, each
-        # rendering whole batches
-        blocks = max(1, -(-n_items // (4 * batch_size)))
+        blocks = max(1, -(-n_items // items_per_block(spec, batch_size)))
         ds = ray.data.range(n_items, override_num_blocks=blocks).map_batches(
             _specs_for_ids, fn_kwargs={"spec": spec, "offset": offset}, batch_size=None,
             batch_format="numpy")

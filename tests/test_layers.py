@@ -16,7 +16,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "affvae"
 
 LAYERS = [
-    ("errors", "provenance", "runtime"),
+    ("errors", "provenance", "runtime", "kernels"),
     ("config", "labels", "volumes", "raysession", "transforms"),
     ("affinity",),
     ("data",),

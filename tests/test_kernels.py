@@ -1,0 +1,116 @@
+import shutil
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import affvae.kernels as kernels
+from affvae.deconv import ConvTranspose2x, _direct_kernels
+
+
+@pytest.fixture(scope="module")
+def ext():
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: the layers use their pure-torch path")
+    module = kernels.stride2()
+    assert module is not None, "a C++ compiler is here, so the kernels must build"
+    return module
+
+
+def _close(a, b, rel=1e-5):
+    assert a.shape == b.shape
+    scale = b.abs().max().item()
+    err = (a - b).abs().max().item()
+    assert err <= rel * scale, f"max error {err:.3g} against values up to {scale:.3g}"
+
+
+@pytest.mark.parametrize("B, cs, cb, n", [(3, 3, 1, 16), (2, 2, 3, 32), (1, 5, 2, 16)])
+def test_up_is_the_transposed_convolution(ext, B, cs, cb, n):
+    torch.manual_seed(0)
+    x, w, b = torch.randn(B, cs, n, n, n), torch.randn(cs, cb, 4, 4, 4), torch.randn(cb)
+    _close(ext.up(x, w, b), F.conv_transpose3d(x, w, b, stride=2, padding=1))
+    _close(ext.up(x, w, None), F.conv_transpose3d(x, w, None, stride=2, padding=1))
+
+
+@pytest.mark.parametrize("B, cs, cb, n", [(3, 3, 1, 16), (2, 2, 3, 32), (1, 5, 2, 16)])
+def test_down_is_the_strided_convolution_and_the_weight_gradient(ext, B, cs, cb, n):
+    torch.manual_seed(1)
+    small, w, b = torch.randn(B, cs, n, n, n), torch.randn(cs, cb, 4, 4, 4), torch.randn(cs)
+    big = torch.randn(B, cb, 2 * n, 2 * n, 2 * n)
+    gw_ref = torch.ops.aten.convolution_backward(big, small, w, None, [2] * 3, [1] * 3, [1] * 3, True,
+                                                 [0] * 3, 1, [False, True, False])[1]
+    out, gw = ext.down(big, w, b, True, small)
+    _close(out, F.conv3d(big, w, b, stride=2, padding=1))
+    _close(gw, gw_ref)
+    out_only, none = ext.down(big, w, None, True, None)
+    _close(out_only, F.conv3d(big, w, None, stride=2, padding=1))
+    assert none is None
+    _, gw_only = ext.down(big, w, None, False, small)
+    _close(gw_only, gw_ref)
+
+
+def test_a_kernel_3_convolution_is_the_kernel_4_one_with_tap_3_zero(ext):
+    torch.manual_seed(2)
+    big, w3 = torch.randn(2, 1, 32, 32, 32), torch.randn(3, 1, 3, 3, 3)
+    out, _ = ext.down(big, F.pad(w3, (0, 1, 0, 1, 0, 1)), None, True, None)
+    _close(out, F.conv3d(big, w3, None, stride=2, padding=1))
+
+
+def test_the_decoder_layer_on_the_kernels_equals_the_native_layer(ext):
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 32, 32, 32)
+    assert _direct_kernels(x, 1) is ext
+    fast, ref = ConvTranspose2x(3, 3, 1), nn.ConvTranspose3d(3, 1, 4, 2, 1)
+    with torch.no_grad():
+        ref.weight.copy_(fast.weight)
+        ref.bias.copy_(fast.bias)
+    xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yf, yr = fast(xf), ref(xr)
+    _close(yf, yr)
+    g = torch.randn_like(yr)
+    for a, b in zip(torch.autograd.grad(yf, [xf, fast.weight, fast.bias], g),
+                    torch.autograd.grad(yr, [xr, ref.weight, ref.bias], g)):
+        _close(a, b, rel=1e-4)  # the weight gradient sums 200,000 products in another order
+
+
+@pytest.mark.parametrize("shape, cout, dtype", [((2, 3, 32, 32, 32), 2, torch.float32),  # 2 channels out
+                                                ((2, 3, 16, 16, 16), 1, torch.float32),  # too small to pay
+                                                ((2, 3, 32, 32, 24), 1, torch.float32),  # a side not of 16s
+                                                ((2, 3, 32, 32, 32), 1, torch.float64)])
+def test_layers_the_kernels_do_not_pay_for_keep_the_torch_path(shape, cout, dtype):
+    assert _direct_kernels(torch.zeros(shape, dtype=dtype), cout) is None
+
+
+def test_bad_input_is_refused_with_what_was_expected(ext):
+    x, w = torch.randn(1, 3, 16, 16, 16), torch.randn(3, 1, 4, 4, 4)
+    with pytest.raises(RuntimeError, match="contiguous float32 CPU tensor"):
+        ext.up(x.double(), w.double(), None)
+    with pytest.raises(RuntimeError, match="contiguous float32 CPU tensor"):
+        ext.up(x.transpose(2, 4), w, None)
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        ext.up(torch.randn(1, 3, 12, 12, 12), w, None)
+
+
+def test_switched_off_or_unbuildable_kernels_fall_back_to_torch(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setenv("AFFVAE_CPU_KERNELS", "0")
+    assert kernels.stride2() is None and not kernels.enabled()
+    # a cache that cannot be a folder: the build fails, with a warning naming why
+    monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setenv("AFFVAE_CPU_KERNELS", "1")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("AFFVAE_KERNEL_CACHE", str(blocker))
+    with pytest.warns(UserWarning, match="CPU kernels not built"):
+        assert kernels.stride2() is None
+    layer = ConvTranspose2x(3, 3, 1)
+    x = torch.randn(1, 3, 32, 32, 32)
+    _close(layer(x), F.conv_transpose3d(x, layer.weight, layer.bias, stride=2, padding=1))
+
+
+def test_the_build_name_follows_the_source_and_the_cpu(monkeypatch):
+    name = kernels.build_name()
+    assert name.startswith("affvae_stride2_") and name.isidentifier()
+    monkeypatch.setattr(kernels, "_cpu_flags", lambda: "another cpu")
+    assert kernels.build_name() != name

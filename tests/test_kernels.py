@@ -1,5 +1,6 @@
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -10,9 +11,13 @@ from affvae.deconv import ConvTranspose2x, _direct_kernels
 
 
 @pytest.fixture(scope="module")
-def ext():
+def compiler():
     if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler: the layers use their pure-torch path")
+        pytest.skip("no C++ compiler: the callers use their pure-torch paths")
+
+
+@pytest.fixture(scope="module")
+def ext(compiler):
     module = kernels.stride2()
     assert module is not None, "a C++ compiler is here, so the kernels must build"
     return module
@@ -92,6 +97,22 @@ def test_bad_input_is_refused_with_what_was_expected(ext):
         ext.up(torch.randn(1, 3, 12, 12, 12), w, None)
 
 
+def test_the_noise_kernel_makes_the_numbers_of_the_torch_path(compiler):
+    from affvae.transforms.poses import item_normals_torch
+
+    ext = kernels.normals()
+    assert ext is not None
+    seeds = np.array([0, 5, 2**40 + 17, -3])
+    for n in (0, 1, 1023, 1025, 64**3):
+        got = ext.item_normals(torch.as_tensor(seeds), n)
+        want = item_normals_torch(seeds, n)
+        assert got.shape == want.shape == (4, n) and got.dtype == torch.float32
+        if n:
+            assert (got - want).abs().max().item() < 5e-6
+    with pytest.raises(RuntimeError, match="contiguous int64 vector"):
+        ext.item_normals(torch.zeros(3, dtype=torch.int32), 10)
+
+
 def test_switched_off_or_unbuildable_kernels_fall_back_to_torch(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_loaded", {})
     monkeypatch.setenv("AFFVAE_CPU_KERNELS", "0")
@@ -104,6 +125,8 @@ def test_switched_off_or_unbuildable_kernels_fall_back_to_torch(monkeypatch, tmp
     monkeypatch.setenv("AFFVAE_KERNEL_CACHE", str(blocker))
     with pytest.warns(UserWarning, match="CPU kernels not built"):
         assert kernels.stride2() is None
+    with pytest.warns(UserWarning, match="normals uses its pure-torch path"):
+        assert kernels.normals() is None
     layer = ConvTranspose2x(3, 3, 1)
     x = torch.randn(1, 3, 32, 32, 32)
     _close(layer(x), F.conv_transpose3d(x, layer.weight, layer.bias, stride=2, padding=1))
@@ -112,5 +135,6 @@ def test_switched_off_or_unbuildable_kernels_fall_back_to_torch(monkeypatch, tmp
 def test_the_build_name_follows_the_source_and_the_cpu(monkeypatch):
     name = kernels.build_name()
     assert name.startswith("affvae_stride2_") and name.isidentifier()
+    assert kernels.build_name("normals").startswith("affvae_normals_")
     monkeypatch.setattr(kernels, "_cpu_flags", lambda: "another cpu")
     assert kernels.build_name() != name

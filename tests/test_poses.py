@@ -1,9 +1,16 @@
 """Tests for affvae.transforms.poses: the one pose sampler and counter-based random numbers."""
 
 import numpy as np
+import pytest
 from scipy.spatial.transform import Rotation
 
-from affvae.transforms.poses import item_normals, item_poses, item_seeds, uniforms
+from affvae.transforms.poses import (
+    item_normals,
+    item_normals_torch,
+    item_poses,
+    item_seeds,
+    uniforms,
+)
 
 
 def test_uniforms_are_a_pure_function_of_seed_and_id():
@@ -37,7 +44,8 @@ def test_grid_rotations_are_multiples_of_ten_degrees():
     assert np.allclose(xyz / 10, np.round(xyz / 10), atol=1e-6)
 
 
-def test_item_noise_is_splitmix64_and_box_muller():
+@pytest.mark.parametrize("normals", [item_normals, item_normals_torch])  # the kernel where it builds, torch
+def test_item_noise_is_splitmix64_and_box_muller(normals):
     # the torch int64 hash has the bits of the uint64 SplitMix64 of each counter; each
     # tile of 512 hashes is 1,024 little-endian 32-bit words, the first 512 giving u1,
     # the rest u2, from their low 23 bits
@@ -53,7 +61,7 @@ def test_item_noise_is_splitmix64_and_box_muller():
     u1, u2 = 1 - mantissa[..., :512].reshape(3, -1), mantissa[..., 512:].reshape(3, -1)
     r = np.sqrt(-2 * np.log(u1))
     want = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)], 1)[:, :n]
-    assert np.allclose(item_normals(seeds, n).numpy(), want, atol=1e-5)
+    assert np.allclose(normals(seeds, n).numpy(), want, atol=1e-5)
 
 
 def test_item_noise_and_seeds_depend_on_the_item_not_the_batch():
@@ -61,9 +69,9 @@ def test_item_noise_and_seeds_depend_on_the_item_not_the_batch():
     assert np.array_equal(z[1:], item_normals(np.array([6, 7]), 10001))
     # hashed in passes of a block of counters shared by the batch's items: 1024 and
     # 2048 counters an item here (whole tiles of 512), the rows the same
-    many = item_normals(np.array([5, 6, 7]), 5001, block=4096)
-    assert np.array_equal(many[1:], item_normals(np.array([6, 7]), 5001, block=4096))
-    assert np.array_equal(many, item_normals(np.array([5, 6, 7]), 5001))
+    many = item_normals_torch(np.array([5, 6, 7]), 5001, block=4096)
+    assert np.array_equal(many[1:], item_normals_torch(np.array([6, 7]), 5001, block=4096))
+    assert np.array_equal(many, item_normals_torch(np.array([5, 6, 7]), 5001))
     assert abs(z.mean()) < 0.03 and abs(z.std() - 1) < 0.03
     assert abs(np.corrcoef(z[0], z[1])[0, 1]) < 0.05
     s = item_seeds(0, np.arange(10))

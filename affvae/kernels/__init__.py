@@ -1,17 +1,22 @@
 """Hand-written CPU kernels, compiled on first use for the machine they run on.
 
-oneDNN's convolutions are slow for one layer of the 64^3 models: the decoder's last
-stride-2 transposed convolution, which draws the single output channel at full size
-(3 -> 1 channels, 32^3 -> 64^3, batch 25: forward and backward 37 ms by phases against
-14 ms here, about a quarter of the whole training step).  ``stride2.cpp`` computes that
-layer directly, with the compiler's portable vector types (AVX-512, AVX2 or NEON,
-whatever ``-march=native`` offers).  See :mod:`affvae.deconv` for where it is used.
+Two places where torch's own kernels leave most of a CPU unused:
 
-:func:`stride2` compiles the source once per machine kind (about 25 s; the build folder
-is keyed by the source, torch version and CPU flags, under ``$AFFVAE_KERNEL_CACHE`` or
-``~/.cache/affvae/kernels``) and returns the module, or ``None`` where it cannot be
-built (no C++ compiler, ``AFFVAE_CPU_KERNELS=0``): callers then use their pure-torch
-path, which computes the same numbers.
+* ``stride2.cpp`` (:func:`stride2`): the decoder's last stride-2 transposed convolution
+  of a 64^3 model, which draws the single output channel at full size (3 -> 1 channels,
+  32^3 -> 64^3, batch 25: forward and backward 37 ms by phases against 14 ms here,
+  about a quarter of the whole training step), with GCC's portable vector types
+  (AVX-512, AVX2 or NEON, whatever ``-march=native`` offers).  Used by
+  :mod:`affvae.deconv`.
+* ``normals.cpp`` (:func:`normals`): the counter-based noise of
+  :func:`affvae.transforms.poses.item_normals` in one pass (32 items of 64^3: 10 against
+  about 30 ms in torch ops, a fifth of a streamed proteins batch's render).
+
+Each module is compiled once per machine kind (about 25 s; the build folder is keyed by
+the source, torch version and CPU flags, under ``$AFFVAE_KERNEL_CACHE`` or
+``~/.cache/affvae/kernels``).  Where it cannot be built (no GCC, ``AFFVAE_CPU_KERNELS=0``)
+the function returns ``None`` and its caller uses a pure-torch path that computes the
+same numbers.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ import sys
 import warnings
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("stride2.cpp")
+HERE = Path(__file__).parent
+#: module -> (source, extra compiler flags)
+MODULES = {
+    "stride2": ("stride2.cpp", ()),
+    # glibc's vector logf, cosf and sinf are called only under fast-math; the code has
+    # no NaN or infinity to lose (its logs are of numbers in (0, 1])
+    "normals": ("normals.cpp", ("-ffast-math", "-mprefer-vector-width=512")),
+}
 _loaded: dict[str, object] = {}
 
 
@@ -43,15 +55,17 @@ def _cpu_flags() -> str:
     return platform.processor() or platform.machine()
 
 
-def build_name() -> str:
-    """The module's name: a hash of the source, torch's version and this CPU's flags (a
-    ``-march=native`` build must not be loaded on another CPU sharing the cache)."""
+def build_name(module: str = "stride2") -> str:
+    """A module's build name: a hash of its source and flags, torch's version and this
+    CPU's flags (a ``-march=native`` build must not be loaded on another CPU sharing the cache)."""
     import torch
 
-    h = hashlib.sha256(SOURCE.read_bytes())
+    source, flags = MODULES[module]
+    h = hashlib.sha256((HERE / source).read_bytes())
+    h.update(" ".join(flags).encode())
     h.update(torch.__version__.encode())
     h.update(_cpu_flags().encode())
-    return f"affvae_stride2_{h.hexdigest()[:16]}"
+    return f"affvae_{module}_{h.hexdigest()[:16]}"
 
 
 def cache_dir() -> Path:
@@ -60,28 +74,38 @@ def cache_dir() -> Path:
 
 def stride2():
     """The compiled stride-2 kernels (``up``, ``down``), or ``None`` where unavailable."""
-    if "stride2" in _loaded:
-        return _loaded["stride2"]
-    module = None
+    return _module("stride2")
+
+
+def normals():
+    """The compiled noise kernel (``item_normals``), or ``None`` where unavailable."""
+    return _module("normals")
+
+
+def _module(module: str):
+    if module in _loaded:
+        return _loaded[module]
+    built = None
     if enabled():
         try:
-            module = _build()
+            built = _build(module)
         except Exception as e:  # no compiler, no ninja, a read-only cache: fall back, say why once
             warnings.warn(f"affvae: CPU kernels not built ({type(e).__name__}: {str(e).strip()[:300]}); "
-                          "using the pure-torch layers (same results, slower at 64^3)", stacklevel=2)
-    _loaded["stride2"] = module
-    return module
+                          f"{module} uses its pure-torch path (same results, slower)", stacklevel=3)
+    _loaded[module] = built
+    return built
 
 
-def _build():
+def _build(module: str):
     from torch.utils.cpp_extension import load
 
-    name = build_name()
+    source, flags = MODULES[module]
+    name = build_name(module)
     where = cache_dir() / name
     where.mkdir(parents=True, exist_ok=True)
     if not (where / f"{name}.so").exists():
-        print(f"affvae: compiling the CPU kernels once for this machine (about 25 s) in {where}",
+        print(f"affvae: compiling the {module} CPU kernel once for this machine (about 25 s) in {where}",
               file=sys.stderr, flush=True)
-    return load(name=name, sources=[str(SOURCE)], build_directory=str(where),
-                extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+    return load(name=name, sources=[str(HERE / source)], build_directory=str(where),
+                extra_cflags=["-O3", "-march=native", "-fopenmp", *flags], extra_ldflags=["-fopenmp"],
                 verbose=False)

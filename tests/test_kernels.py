@@ -113,6 +113,26 @@ def test_the_noise_kernel_makes_the_numbers_of_the_torch_path(compiler):
         ext.item_normals(torch.zeros(3, dtype=torch.int32), 10)
 
 
+@pytest.mark.parametrize("shape", [(3, 20, 24, 28), (2, 16, 32, 64)])  # 28: a block of 16 pixels cut short
+@pytest.mark.parametrize("about", ["z", "y"])
+def test_the_plane_kernel_samples_as_grid_sample(compiler, monkeypatch, shape, about):
+    import affvae.transforms.augment as augment
+
+    ext = kernels.planes()
+    assert ext is not None
+    torch.manual_seed(4)
+    v, angle = torch.rand(shape), torch.rand(shape[0]) * 6.2 - 3.1
+    got = ext.rotate_slices(v, torch.cos(angle), torch.sin(angle), about == "y")
+    monkeypatch.setattr(augment, "planes", lambda: None)  # the grid_sample path
+    want = augment._rotate_slices(v, angle, about)
+    assert got.shape == want.shape and (got - want).abs().max().item() < 1e-5
+    assert (want.abs() > 0.1).float().mean() > 0.3  # a rotated volume, not an empty one
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        ext.rotate_slices(v.transpose(1, 2), torch.cos(angle), torch.sin(angle), False)
+    with pytest.raises(RuntimeError, match="one float32 cosine and sine per volume"):
+        ext.rotate_slices(v, torch.cos(angle)[:1], torch.sin(angle), False)
+
+
 def test_switched_off_or_unbuildable_kernels_fall_back_to_torch(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_loaded", {})
     monkeypatch.setenv("AFFVAE_CPU_KERNELS", "0")
@@ -127,6 +147,8 @@ def test_switched_off_or_unbuildable_kernels_fall_back_to_torch(monkeypatch, tmp
         assert kernels.stride2() is None
     with pytest.warns(UserWarning, match="normals uses its pure-torch path"):
         assert kernels.normals() is None
+    with pytest.warns(UserWarning, match="planes uses its pure-torch path"):
+        assert kernels.planes() is None
     layer = ConvTranspose2x(3, 3, 1)
     x = torch.randn(1, 3, 32, 32, 32)
     _close(layer(x), F.conv_transpose3d(x, layer.weight, layer.bias, stride=2, padding=1))

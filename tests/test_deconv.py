@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from affvae.deconv import PHASE_WEIGHT_GRAD_COUT, Conv2x, ConvTranspose2x
+from affvae.deconv import CHANNELS_LAST_CIN, PHASE_WEIGHT_GRAD_COUT, Conv2x, ConvTranspose2x
 
 
 @pytest.mark.parametrize("nd, shape, cout", [(2, (3, 5, 8, 8), 2), (3, (2, 4, 6, 6, 6), 1), (2, (2, 3, 7, 9), 4),
@@ -69,13 +69,32 @@ def test_the_phase_weight_gradient_covers_the_output_channels_it_is_used_for():
     (3, (3, 3, 8, 6, 4), 5),   # few input channels: the input gradient by phases
     (2, (2, 2, 10, 6), 3),
     (3, (2, 2, 5, 6, 4), 3),   # an odd side: the native input gradient
-    (3, (2, 8, 4, 4, 4), 4),   # many input channels: the native layer
+    (3, (2, 8, 4, 4, 4), 4),   # 6-15 input channels: the backward on channels-last copies
+    (3, (2, 16, 4, 4, 4), 4),  # many input channels: the native layer
 ])
 def test_phase_grad_conv_equals_the_strided_convolution(nd, shape, cout):
     torch.manual_seed(3)
     fast = Conv2x(nd, shape[1], cout).double()
     ref = (nn.Conv2d if nd == 2 else nn.Conv3d)(shape[1], cout, 3, 2, 1).double()
     _assert_same_layer(fast, ref, torch.randn(*shape, dtype=torch.double))
+
+
+def test_the_channels_last_backward_gives_plain_gradients_in_float32():
+    torch.manual_seed(5)
+    fast, ref = Conv2x(3, 8, 16), nn.Conv3d(8, 16, 3, 2, 1)
+    assert 8 in CHANNELS_LAST_CIN and 3 not in CHANNELS_LAST_CIN and 16 not in CHANNELS_LAST_CIN
+    with torch.no_grad():
+        ref.weight.copy_(fast.weight)
+        ref.bias.copy_(fast.bias)
+    x = torch.randn(3, 8, 8, 8, 8)
+    xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yf, yr = fast(xf), ref(xr)
+    g = torch.randn_like(yr)
+    yf.backward(g)
+    yr.backward(g)
+    assert xf.grad.is_contiguous() and fast.weight.grad.is_contiguous()  # not channels-last
+    for a, b in [(yf, yr), (xf.grad, xr.grad), (fast.weight.grad, ref.weight.grad), (fast.bias.grad, ref.bias.grad)]:
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
 
 
 def test_phase_grad_conv_gradcheck():
